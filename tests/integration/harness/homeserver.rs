@@ -1,0 +1,62 @@
+//! One real Synapse per test run, started through `contrib/synapse.sh`.
+//!
+//! Set `D2DFS_TEST_HOMESERVER=http://127.0.0.1:PORT` to use a homeserver that is already running
+//! (it must allow open registration, as `contrib/synapse.sh` configures it). Otherwise the first
+//! test that needs one starts it under `target/tmp/`, and it stops when this test process exits.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicU32, Ordering};
+
+/// A running homeserver.
+pub struct Homeserver {
+    pub url: String,
+}
+
+static HOMESERVER: OnceLock<Homeserver> = OnceLock::new();
+
+/// The repository root (where `contrib/` is).
+pub fn repo_root() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// The homeserver of this test run, started on first use.
+pub fn homeserver() -> &'static Homeserver {
+    HOMESERVER.get_or_init(|| {
+        if let Ok(url) = std::env::var("D2DFS_TEST_HOMESERVER") {
+            return Homeserver { url };
+        }
+        let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+            .join(format!("synapse-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let output = Command::new(repo_root().join("contrib/synapse.sh"))
+            .arg("start")
+            .arg(&dir)
+            .arg("--watch-pid")
+            .arg(std::process::id().to_string())
+            .output()
+            .expect("run contrib/synapse.sh");
+        assert!(
+            output.status.success(),
+            "contrib/synapse.sh start failed:\n{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        let url = String::from_utf8_lossy(&output.stdout).trim().to_owned();
+        assert!(
+            url.starts_with("http://"),
+            "unexpected synapse.sh output {url:?}"
+        );
+        Homeserver { url }
+    })
+}
+
+/// A name no other test of this run (or of an earlier run against the same server) uses.
+pub fn unique_name(prefix: &str) -> String {
+    static COUNTER: AtomicU32 = AtomicU32::new(0);
+    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos());
+    format!("{prefix}-{}-{n}-{nanos:x}", std::process::id())
+}

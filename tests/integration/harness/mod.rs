@@ -1,0 +1,5 @@
+//! Real parts for integration tests: a Synapse homeserver, registered users, the d2dfs binary.
+
+pub mod cli;
+pub mod homeserver;
+pub mod users;

@@ -1,0 +1,6 @@
+//! Integration tests: one binary (one link of matrix-sdk and webrtc), one Synapse per run.
+
+mod harness;
+
+mod accounts;
+mod man_pages;
