@@ -2,9 +2,13 @@
 //!
 //! The layers, from the user down:
 //! - [`cli`]: the `d2dfs` command line (clap definitions and the commands' output);
+//! - [`transfer`]: the life of each transfer, for both roles;
 //! - [`signalling`]: the Matrix side: session, `m.d2dfile.*` events, sync;
+//! - [`transport`]: peer connections and data channels, behind a seam;
 //! - [`profile`]: where an account's state lives on disk.
 
 pub mod cli;
 pub mod profile;
 pub mod signalling;
+pub mod transfer;
+pub mod transport;

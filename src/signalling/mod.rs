@@ -2,5 +2,8 @@
 //! sync loop that carries them.
 
 pub mod errors;
+pub mod events;
 pub mod rooms;
 pub mod session;
+pub mod sync;
+pub mod turn;

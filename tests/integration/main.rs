@@ -4,3 +4,4 @@ mod harness;
 
 mod accounts;
 mod man_pages;
+mod signalling;

@@ -1,0 +1,1027 @@
+//! The transfer engine: runs the sync loop, keeps every transfer's [`Transfer`] state, carries
+//! out the [`Action`]s it asks for, and drives one peer task per connected transfer.
+//!
+//! Nothing here blocks on the network while holding the state lock: signalling events leave
+//! through one ordered outbox task (so an answer always precedes its candidates), peers are
+//! driven by their own tasks, and callers (the CLI, the filesystem) only ever take short locks.
+
+use std::collections::HashMap;
+use std::num::NonZeroUsize;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use bytes::Bytes;
+use lru::LruCache;
+use matrix_sdk::Client;
+use matrix_sdk::ruma::events::room::join_rules::JoinRule;
+use matrix_sdk::ruma::{OwnedEventId, OwnedRoomId, RoomId};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::sync::{broadcast, mpsc, watch};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+use super::lifecycle::{Action, OfferInfo, Party, Phase, Role, Transfer};
+use crate::signalling::events::{
+    Answer, Cancel, Candidate, Candidates, D2dEvent, FileInfo, Invite, SelectAnswer,
+    SessionDescription, hex,
+};
+use crate::signalling::sync::{self, IncomingEvent, OwnDevice, SyncOutput, now_ms};
+use crate::signalling::turn::TurnCache;
+use crate::transport::{Channel, Connector, NewPeer, Peer, PeerEvent};
+
+/// Settings of an engine.
+#[derive(Debug, Clone)]
+pub struct EngineConfig {
+    /// Make and show offers in rooms whose join rule is `public` (SPEC §5: off by default).
+    pub allow_public_rooms: bool,
+    /// Lifetime of the offers this device makes.
+    pub lifetime: Duration,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        Self {
+            allow_public_rooms: false,
+            lifetime: Duration::from_secs(600),
+        }
+    }
+}
+
+/// Why an engine call was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    #[error("not a joined room: {0}")]
+    NoSuchRoom(String),
+    #[error("{0} is a public room: d2dfs makes no offers there (see --allow-public-rooms)")]
+    PublicRoom(String),
+    #[error("no live transfer {0}")]
+    NoSuchTransfer(String),
+    #[error("transfer {0} can no longer be accepted")]
+    NotAcceptable(String),
+    #[error("cannot read {path}: {error}")]
+    Source {
+        path: PathBuf,
+        error: std::io::Error,
+    },
+    #[error("cannot send the offer: {0}")]
+    Signalling(String),
+    #[error(transparent)]
+    Transport(#[from] crate::transport::TransportError),
+}
+
+/// A transfer as callers see it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TransferSnapshot {
+    pub transfer_id: String,
+    pub room_id: String,
+    pub role: Role,
+    pub phase: Phase,
+    pub filename: String,
+    pub size: u64,
+    pub mimetype: String,
+    pub sha256: Option<String>,
+    /// The offering user.
+    pub sender: String,
+    /// The other device, once known.
+    pub peer: Option<String>,
+    pub bytes_moved: u64,
+    pub origin_server_ts: u64,
+    pub expires_at_ms: u64,
+    pub reason: Option<String>,
+    pub range: bool,
+}
+
+/// Commands to a transfer's peer task.
+enum PeerCommand {
+    UseAnswer(String),
+    AddCandidates(Vec<Candidate>),
+    Close,
+}
+
+/// What a connected transfer does with its channel.
+enum DataJob {
+    /// Stream the whole file, in order, then close (MSC2354's baseline).
+    SendFile(PathBuf),
+    /// Keep what arrives in `part`, renamed to `dest` once complete and checked.
+    ReceiveFile { dest: PathBuf },
+}
+
+struct Entry {
+    transfer: Transfer,
+    commands: Option<mpsc::UnboundedSender<PeerCommand>>,
+    bytes_moved: Arc<AtomicU64>,
+    /// (Receiving) the offer to answer.
+    remote_offer: Option<String>,
+}
+
+impl Entry {
+    fn snapshot(&self) -> TransferSnapshot {
+        let t = &self.transfer;
+        TransferSnapshot {
+            transfer_id: t.transfer_id.clone(),
+            room_id: t.room_id.clone(),
+            role: t.role,
+            phase: t.phase,
+            filename: t.offer.filename.clone(),
+            size: t.offer.info.size,
+            mimetype: t.offer.info.mimetype.clone(),
+            sha256: t.offer.sha256.as_ref().map(|d| hex(d)),
+            sender: t.offerer.user_id.clone(),
+            peer: t.peer.as_ref().map(ToString::to_string),
+            bytes_moved: self.bytes_moved.load(Ordering::Relaxed),
+            origin_server_ts: t.offer.origin_server_ts,
+            expires_at_ms: t.expires_at_ms,
+            reason: t.reason.clone(),
+            range: t.range,
+        }
+    }
+}
+
+struct State {
+    transfers: HashMap<String, Entry>,
+    /// Event ids already handled: history reads and sync overlap.
+    seen: LruCache<OwnedEventId, ()>,
+}
+
+/// What the outbox task is asked to do, in order.
+enum Outgoing {
+    Event {
+        room_id: OwnedRoomId,
+        event: Box<D2dEvent>,
+    },
+    /// Answered once everything queued before it was sent.
+    Flush(tokio::sync::oneshot::Sender<()>),
+}
+
+struct Inner {
+    client: Client,
+    me: OwnDevice,
+    config: EngineConfig,
+    connector: Arc<dyn Connector>,
+    turn: TurnCache,
+    state: Mutex<State>,
+    outbox: mpsc::UnboundedSender<Outgoing>,
+    updates: broadcast::Sender<TransferSnapshot>,
+    synced: watch::Sender<u64>,
+    shutdown: CancellationToken,
+}
+
+/// The running engine of one account. Cheap to clone.
+#[derive(Clone)]
+pub struct Engine {
+    inner: Arc<Inner>,
+}
+
+/// Event ids remembered for de-duplication.
+const SEEN_EVENTS: usize = 16_384;
+/// How long local candidates are collected into one `m.d2dfile.candidates` event.
+const CANDIDATE_BATCH_DELAY: Duration = Duration::from_millis(150);
+/// Message size of the baseline stream (the size every WebRTC stack accepts).
+const STREAM_MESSAGE: usize = 16 * 1024;
+
+impl Engine {
+    /// Starts the sync loop and the engine's tasks for a logged-in client.
+    pub fn start(
+        client: Client,
+        me: OwnDevice,
+        connector: Arc<dyn Connector>,
+        config: EngineConfig,
+    ) -> Self {
+        let (outbox_tx, outbox_rx) = mpsc::unbounded_channel();
+        let (sync_tx, sync_rx) = mpsc::channel(1024);
+        let (updates, _) = broadcast::channel(1024);
+        let inner = Arc::new(Inner {
+            turn: TurnCache::new(client.clone()),
+            client: client.clone(),
+            me: me.clone(),
+            config,
+            connector,
+            state: Mutex::new(State {
+                transfers: HashMap::new(),
+                seen: LruCache::new(NonZeroUsize::new(SEEN_EVENTS).unwrap_or(NonZeroUsize::MIN)),
+            }),
+            outbox: outbox_tx,
+            updates,
+            synced: watch::channel(0).0,
+            shutdown: CancellationToken::new(),
+        });
+        let engine = Self { inner };
+        let shutdown = engine.inner.shutdown.clone();
+        tokio::spawn(sync::run(client.clone(), me, sync_tx, shutdown.clone()));
+        tokio::spawn(engine.clone().event_loop(sync_rx));
+        tokio::spawn(run_outbox(client, outbox_rx, shutdown.clone()));
+        tokio::spawn(engine.clone().ticker());
+        engine
+    }
+
+    /// This device as a party of transfers.
+    pub fn party(&self) -> Party {
+        Party {
+            user_id: self.inner.me.user_id.to_string(),
+            party_id: Some(self.inner.me.device_id.to_string()),
+        }
+    }
+
+    /// Waits until the sync loop has finished its first round (history caught up).
+    pub async fn wait_synced(&self) {
+        let mut synced = self.inner.synced.subscribe();
+        let _ = synced.wait_for(|rounds| *rounds > 0).await;
+    }
+
+    /// Every transfer this engine knows, live offers from others and all of our own.
+    pub fn transfers(&self) -> Vec<TransferSnapshot> {
+        let state = self.lock();
+        let mut list: Vec<_> = state
+            .transfers
+            .values()
+            .filter(|entry| {
+                // Offers to us that were never taken vanish when they end.
+                entry.transfer.role == Role::Sending
+                    || entry.transfer.is_live()
+                    || entry.transfer.phase != Phase::Expired
+            })
+            .map(Entry::snapshot)
+            .collect();
+        list.sort_by(|a, b| {
+            (a.origin_server_ts, &a.transfer_id).cmp(&(b.origin_server_ts, &b.transfer_id))
+        });
+        list
+    }
+
+    /// One transfer.
+    pub fn transfer(&self, transfer_id: &str) -> Option<TransferSnapshot> {
+        self.lock().transfers.get(transfer_id).map(Entry::snapshot)
+    }
+
+    /// Updates as they happen.
+    pub fn subscribe(&self) -> broadcast::Receiver<TransferSnapshot> {
+        self.inner.updates.subscribe()
+    }
+
+    /// Waits (up to `timeout`) until some transfer satisfies `predicate`; returns it.
+    pub async fn wait_for(
+        &self,
+        timeout: Duration,
+        mut predicate: impl FnMut(&TransferSnapshot) -> bool,
+    ) -> Option<TransferSnapshot> {
+        let mut updates = self.subscribe();
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(found) = self.transfers().into_iter().find(|t| predicate(t)) {
+                return Some(found);
+            }
+            match tokio::time::timeout_at(deadline, updates.recv()).await {
+                Err(_) => return None,
+                Ok(Err(broadcast::error::RecvError::Closed)) => return None,
+                Ok(_) => {}
+            }
+        }
+    }
+
+    /// Offers the file at `path` to `room_id` under `filename`; returns the transfer id.
+    pub async fn offer_file(
+        &self,
+        room_id: &RoomId,
+        path: &Path,
+        filename: &str,
+    ) -> Result<String, EngineError> {
+        self.check_room(room_id)?;
+        let metadata = tokio::fs::metadata(path)
+            .await
+            .map_err(|error| EngineError::Source {
+                path: path.to_owned(),
+                error,
+            })?;
+        let sha256 = file_sha256(path)
+            .await
+            .map_err(|error| EngineError::Source {
+                path: path.to_owned(),
+                error,
+            })?;
+        let ice = self.inner.turn.get().await;
+        let NewPeer { peer, sdp, events } = self.inner.connector.offer(&ice).await?;
+        let transfer_id = new_transfer_id();
+        let lifetime_ms = self.inner.config.lifetime.as_millis() as u64;
+        let offer = OfferInfo {
+            filename: filename.to_owned(),
+            info: FileInfo {
+                mimetype: guess_mimetype(filename).to_owned(),
+                size: metadata.len(),
+            },
+            sha256: Some(sha256),
+            range: false,
+            origin_server_ts: now_ms(),
+            lifetime_ms,
+        };
+        let invite = D2dEvent::Invite(Invite {
+            transfer_id: transfer_id.clone(),
+            lifetime_ms,
+            filename: filename.to_owned(),
+            info: offer.info.clone(),
+            offer: SessionDescription {
+                kind: "offer".to_owned(),
+                sdp,
+            },
+            party_id: self.party().party_id,
+            range: offer.range,
+            sha256: offer.sha256,
+        });
+        let transfer = Transfer::new_outgoing(
+            transfer_id.clone(),
+            room_id.to_string(),
+            self.party(),
+            offer,
+            now_ms(),
+        );
+        let (commands_tx, commands_rx) = mpsc::unbounded_channel();
+        let bytes_moved = Arc::new(AtomicU64::new(0));
+        {
+            let mut state = self.lock();
+            state.transfers.insert(
+                transfer_id.clone(),
+                Entry {
+                    transfer,
+                    commands: Some(commands_tx),
+                    bytes_moved: bytes_moved.clone(),
+                    remote_offer: None,
+                },
+            );
+        }
+        self.send(room_id, invite);
+        self.publish(&transfer_id);
+        tokio::spawn(self.clone().drive_peer(
+            transfer_id.clone(),
+            room_id.to_owned(),
+            peer,
+            events,
+            commands_rx,
+            DataJob::SendFile(path.to_owned()),
+            bytes_moved,
+        ));
+        info!(%transfer_id, %room_id, filename, "offered");
+        Ok(transfer_id)
+    }
+
+    /// Accepts an offer made to us and stores the file at `dest` once complete.
+    pub async fn accept_to_file(&self, transfer_id: &str, dest: &Path) -> Result<(), EngineError> {
+        // The command channel exists from the moment we answer: candidates that arrive while
+        // the peer is being made queue there instead of being lost.
+        let (commands_tx, commands_rx) = mpsc::unbounded_channel();
+        let (room_id, offer_sdp, bytes_moved) = {
+            let mut state = self.lock();
+            let entry = state
+                .transfers
+                .get_mut(transfer_id)
+                .ok_or_else(|| EngineError::NoSuchTransfer(transfer_id.to_owned()))?;
+            if !entry.transfer.accept(self.party(), false, now_ms()) {
+                return Err(EngineError::NotAcceptable(transfer_id.to_owned()));
+            }
+            let pending = entry.transfer.take_pending_candidates();
+            if !pending.is_empty() {
+                let _ = commands_tx.send(PeerCommand::AddCandidates(pending));
+            }
+            entry.commands = Some(commands_tx);
+            let offer_sdp = entry.remote_offer.clone().unwrap_or_default();
+            (
+                entry.transfer.room_id.clone(),
+                offer_sdp,
+                entry.bytes_moved.clone(),
+            )
+        };
+        self.publish(transfer_id);
+        let room_id: OwnedRoomId = room_id
+            .as_str()
+            .try_into()
+            .map_err(|_| EngineError::NoSuchRoom(room_id.clone()))?;
+        let ice = self.inner.turn.get().await;
+        let NewPeer { peer, sdp, events } =
+            match self.inner.connector.answer(&ice, &offer_sdp).await {
+                Ok(new_peer) => new_peer,
+                Err(error) => {
+                    self.apply_to(transfer_id, |t| t.on_failed(&error.to_string()));
+                    return Err(error.into());
+                }
+            };
+        let lifetime_ms = self.inner.config.lifetime.as_millis() as u64;
+        self.send(
+            &room_id,
+            D2dEvent::Answer(Answer {
+                transfer_id: transfer_id.to_owned(),
+                lifetime_ms,
+                answer: SessionDescription {
+                    kind: "answer".to_owned(),
+                    sdp,
+                },
+                party_id: self.party().party_id,
+                range: false,
+            }),
+        );
+        tokio::spawn(self.clone().drive_peer(
+            transfer_id.to_owned(),
+            room_id,
+            peer,
+            events,
+            commands_rx,
+            DataJob::ReceiveFile {
+                dest: dest.to_owned(),
+            },
+            bytes_moved,
+        ));
+        Ok(())
+    }
+
+    /// Cancels (ours) or rejects (theirs) a live transfer.
+    pub fn cancel(&self, transfer_id: &str, reason: &str) -> Result<(), EngineError> {
+        if self.transfer(transfer_id).is_none() {
+            return Err(EngineError::NoSuchTransfer(transfer_id.to_owned()));
+        }
+        self.apply_to(transfer_id, |t| t.cancel_locally(reason));
+        Ok(())
+    }
+
+    /// Cancels every live transfer, gives the outbox a moment to send the cancels, stops.
+    pub async fn shutdown(&self) {
+        let live: Vec<String> = self
+            .transfers()
+            .into_iter()
+            .filter(|t| {
+                !t.phase.is_final() && (t.role == Role::Sending || t.phase != Phase::Offered)
+            })
+            .map(|t| t.transfer_id)
+            .collect();
+        for transfer_id in live {
+            self.apply_to(&transfer_id, |t| t.cancel_locally("the device went away"));
+        }
+        // The outbox works in order: once the flush is answered, the cancels went out.
+        let (done_tx, done_rx) = tokio::sync::oneshot::channel();
+        let _ = self.inner.outbox.send(Outgoing::Flush(done_tx));
+        let _ = tokio::time::timeout(Duration::from_secs(5), done_rx).await;
+        self.inner.shutdown.cancel();
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // A panic while holding the lock is a bug elsewhere; the state itself stays usable.
+        self.inner
+            .state
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn check_room(&self, room_id: &RoomId) -> Result<(), EngineError> {
+        let room = self
+            .inner
+            .client
+            .get_room(room_id)
+            .filter(|room| room.state() == matrix_sdk::RoomState::Joined)
+            .ok_or_else(|| EngineError::NoSuchRoom(room_id.to_string()))?;
+        if !self.inner.config.allow_public_rooms
+            && matches!(room.join_rule(), Some(JoinRule::Public))
+        {
+            return Err(EngineError::PublicRoom(room_id.to_string()));
+        }
+        Ok(())
+    }
+
+    fn send(&self, room_id: &RoomId, event: D2dEvent) {
+        let _ = self.inner.outbox.send(Outgoing::Event {
+            room_id: room_id.to_owned(),
+            event: Box::new(event),
+        });
+    }
+
+    fn publish(&self, transfer_id: &str) {
+        if let Some(snapshot) = self.transfer(transfer_id) {
+            let _ = self.inner.updates.send(snapshot);
+        }
+    }
+
+    /// Runs `f` on a transfer's state and carries out the actions it returns.
+    fn apply_to(&self, transfer_id: &str, f: impl FnOnce(&mut Transfer) -> Vec<Action>) {
+        let (actions, room_id, commands) = {
+            let mut state = self.lock();
+            let Some(entry) = state.transfers.get_mut(transfer_id) else {
+                return;
+            };
+            let actions = f(&mut entry.transfer);
+            (
+                actions,
+                entry.transfer.room_id.clone(),
+                entry.commands.clone(),
+            )
+        };
+        self.carry_out(transfer_id, &room_id, actions, commands.as_ref());
+        self.publish(transfer_id);
+    }
+
+    fn carry_out(
+        &self,
+        transfer_id: &str,
+        room_id: &str,
+        actions: Vec<Action>,
+        commands: Option<&mpsc::UnboundedSender<PeerCommand>>,
+    ) {
+        let Ok(room_id) = <&RoomId>::try_from(room_id) else {
+            return;
+        };
+        let to_peer = |command| {
+            if let Some(commands) = commands {
+                let _ = commands.send(command);
+            }
+        };
+        for action in actions {
+            match action {
+                Action::UseAnswer { sdp, .. } => to_peer(PeerCommand::UseAnswer(sdp)),
+                Action::AddCandidates(candidates) => {
+                    to_peer(PeerCommand::AddCandidates(candidates))
+                }
+                Action::Close => to_peer(PeerCommand::Close),
+                Action::SendSelectAnswer {
+                    answer_event_id,
+                    peer,
+                } => self.send(
+                    room_id,
+                    D2dEvent::SelectAnswer(SelectAnswer {
+                        transfer_id: transfer_id.to_owned(),
+                        party_id: self.party().party_id,
+                        selected_party_id: peer.party_id,
+                        selected_answer: answer_event_id,
+                    }),
+                ),
+                Action::SendCancel { reason } => self.send(
+                    room_id,
+                    D2dEvent::Cancel(Cancel {
+                        transfer_id: transfer_id.to_owned(),
+                        party_id: self.party().party_id,
+                        reason: Some(reason),
+                    }),
+                ),
+            }
+        }
+    }
+
+    async fn event_loop(self, mut input: mpsc::Receiver<SyncOutput>) {
+        while let Some(output) = input.recv().await {
+            match output {
+                SyncOutput::Event(event) => self.handle_event(*event),
+                SyncOutput::RoomsChanged => {}
+                SyncOutput::Synced => {
+                    self.inner.synced.send_modify(|rounds| *rounds += 1);
+                }
+                SyncOutput::Stopped(error) => {
+                    warn!(%error, "sync stopped");
+                    break;
+                }
+            }
+        }
+    }
+
+    fn handle_event(&self, incoming: IncomingEvent) {
+        if incoming.own_device {
+            return;
+        }
+        if self
+            .lock()
+            .seen
+            .put(incoming.event_id.clone(), ())
+            .is_some()
+        {
+            return;
+        }
+        let from = Party {
+            user_id: incoming.sender.to_string(),
+            party_id: incoming.event.party_id().map(str::to_owned),
+        };
+        let now = now_ms();
+        let transfer_id = incoming.event.transfer_id().to_owned();
+        match incoming.event {
+            D2dEvent::Invite(invite) => self.handle_invite(
+                &incoming.room_id,
+                from,
+                invite,
+                incoming.origin_server_ts,
+                incoming.age_ms,
+                now,
+            ),
+            D2dEvent::Answer(answer) => {
+                let event_id = incoming.event_id.to_string();
+                self.apply_to(&transfer_id, |t| {
+                    t.on_answer(from, &event_id, &answer.answer.sdp, answer.range, now)
+                });
+            }
+            D2dEvent::Candidates(candidates) => {
+                self.apply_to(&transfer_id, |t| {
+                    t.on_candidates(&from, candidates.candidates)
+                });
+            }
+            D2dEvent::Cancel(cancel) => {
+                self.apply_to(&transfer_id, |t| {
+                    t.on_cancel(&from, cancel.reason.as_deref())
+                });
+            }
+            D2dEvent::SelectAnswer(select) => {
+                let me = self.party();
+                self.apply_to(&transfer_id, |t| {
+                    t.on_select_answer(&from, select.selected_party_id.as_deref(), &me)
+                });
+            }
+        }
+    }
+
+    fn handle_invite(
+        &self,
+        room_id: &RoomId,
+        from: Party,
+        invite: Invite,
+        origin_server_ts: u64,
+        age_ms: u64,
+        now: u64,
+    ) {
+        if let Err(refused) = self.check_room(room_id) {
+            debug!(transfer_id = %invite.transfer_id, "offer not shown: {refused}");
+            return;
+        }
+        let transfer_id = invite.transfer_id.clone();
+        let transfer = Transfer::new_incoming(
+            transfer_id.clone(),
+            room_id.to_string(),
+            from,
+            OfferInfo {
+                filename: invite.filename,
+                info: invite.info,
+                sha256: invite.sha256,
+                range: invite.range,
+                origin_server_ts,
+                lifetime_ms: invite.lifetime_ms,
+            },
+            age_ms,
+            now,
+        );
+        let mut state = self.lock();
+        if state.transfers.contains_key(&transfer_id) {
+            debug!(%transfer_id, "invite for a transfer already known; ignored");
+            return;
+        }
+        if !transfer.is_live() {
+            debug!(%transfer_id, "expired offer not shown");
+        }
+        state.transfers.insert(
+            transfer_id.clone(),
+            Entry {
+                transfer,
+                commands: None,
+                bytes_moved: Arc::new(AtomicU64::new(0)),
+                remote_offer: Some(invite.offer.sdp),
+            },
+        );
+        drop(state);
+        self.publish(&transfer_id);
+    }
+
+    /// Expires offers nobody took, once a second.
+    async fn ticker(self) {
+        let mut interval = tokio::time::interval(Duration::from_secs(1));
+        loop {
+            tokio::select! {
+                () = self.inner.shutdown.cancelled() => return,
+                _ = interval.tick() => {}
+            }
+            let now = now_ms();
+            let expired: Vec<String> = {
+                let mut state = self.lock();
+                state
+                    .transfers
+                    .values_mut()
+                    .filter_map(|entry| {
+                        let was_live = entry.transfer.is_live();
+                        entry.transfer.tick(now);
+                        (was_live && !entry.transfer.is_live())
+                            .then(|| entry.transfer.transfer_id.clone())
+                    })
+                    .collect()
+            };
+            for transfer_id in expired {
+                debug!(%transfer_id, "offer expired");
+                self.apply_to(&transfer_id, |_| vec![Action::Close]);
+            }
+        }
+    }
+
+    /// Owns one transfer's peer: feeds it signalling, sends its candidates, runs the data job.
+    #[allow(clippy::too_many_arguments)]
+    async fn drive_peer(
+        self,
+        transfer_id: String,
+        room_id: OwnedRoomId,
+        peer: Box<dyn Peer>,
+        mut events: mpsc::Receiver<PeerEvent>,
+        mut commands: mpsc::UnboundedReceiver<PeerCommand>,
+        job: DataJob,
+        bytes_moved: Arc<AtomicU64>,
+    ) {
+        let mut job = Some(job);
+        let mut batch: Vec<Candidate> = Vec::new();
+        let mut flush_at: Option<Instant> = None;
+        let mut data_task: Option<tokio::task::JoinHandle<()>> = None;
+        let party_id = self.party().party_id;
+        // A peer may stop reporting once connected; the data job goes on regardless.
+        let mut events_open = true;
+        loop {
+            let flush = async {
+                match flush_at {
+                    Some(at) => tokio::time::sleep_until(at).await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                () = self.inner.shutdown.cancelled() => break,
+                () = flush => {
+                    flush_at = None;
+                    self.send_candidates(&room_id, &transfer_id, std::mem::take(&mut batch), party_id.clone());
+                }
+                command = commands.recv() => match command {
+                    Some(PeerCommand::UseAnswer(sdp)) => {
+                        if let Err(error) = peer.set_answer(&sdp).await {
+                            self.apply_to(&transfer_id, |t| t.on_failed(&error.to_string()));
+                        }
+                    }
+                    Some(PeerCommand::AddCandidates(candidates)) => {
+                        if let Err(error) = peer.add_candidates(&candidates).await {
+                            debug!(%transfer_id, %error, "remote candidates refused");
+                        }
+                    }
+                    Some(PeerCommand::Close) | None => break,
+                },
+                event = events.recv(), if events_open => match event {
+                    Some(PeerEvent::LocalCandidates(candidates)) => {
+                        batch.extend(candidates);
+                        flush_at.get_or_insert_with(|| Instant::now() + CANDIDATE_BATCH_DELAY);
+                    }
+                    Some(PeerEvent::GatheringComplete) => {
+                        batch.push(Candidate::end_of_candidates());
+                        flush_at = None;
+                        self.send_candidates(&room_id, &transfer_id, std::mem::take(&mut batch), party_id.clone());
+                    }
+                    Some(PeerEvent::Connected(channel)) => {
+                        self.apply_to(&transfer_id, |t| { t.on_connected(); Vec::new() });
+                        if let Some(job) = job.take() {
+                            data_task = Some(tokio::spawn(self.clone().run_data_job(
+                                transfer_id.clone(), channel, job, bytes_moved.clone(),
+                            )));
+                        }
+                    }
+                    Some(PeerEvent::Failed(reason)) => {
+                        self.apply_to(&transfer_id, |t| t.on_failed(&reason));
+                    }
+                    None => events_open = false,
+                },
+            }
+        }
+        if let Some(task) = data_task
+            && !task.is_finished()
+        {
+            task.abort();
+        }
+        peer.close().await;
+        debug!(%transfer_id, "peer closed");
+    }
+
+    fn send_candidates(
+        &self,
+        room_id: &RoomId,
+        transfer_id: &str,
+        candidates: Vec<Candidate>,
+        party_id: Option<String>,
+    ) {
+        if candidates.is_empty() {
+            return;
+        }
+        self.send(
+            room_id,
+            D2dEvent::Candidates(Candidates {
+                transfer_id: transfer_id.to_owned(),
+                candidates,
+                party_id,
+            }),
+        );
+    }
+
+    async fn run_data_job(
+        self,
+        transfer_id: String,
+        mut channel: Box<dyn Channel>,
+        job: DataJob,
+        bytes_moved: Arc<AtomicU64>,
+    ) {
+        let result = match job {
+            DataJob::SendFile(path) => send_file(&mut *channel, &path, &bytes_moved).await,
+            DataJob::ReceiveFile { dest } => {
+                let (size, sha256) = match self.transfer(&transfer_id) {
+                    Some(t) => (t.size, t.sha256),
+                    None => return,
+                };
+                receive_file(&mut *channel, &dest, size, sha256.as_deref(), &bytes_moved).await
+            }
+        };
+        match result {
+            Ok(()) => {
+                info!(%transfer_id, "transfer complete");
+                self.apply_to(&transfer_id, |t| {
+                    t.on_complete();
+                    vec![Action::Close]
+                });
+            }
+            Err(reason) => {
+                warn!(%transfer_id, %reason, "transfer failed");
+                self.apply_to(&transfer_id, |t| t.on_failed(&reason));
+            }
+        }
+    }
+}
+
+/// MSC2354's baseline, sending side: the whole file in order, then close.
+async fn send_file(
+    channel: &mut dyn Channel,
+    path: &Path,
+    moved: &AtomicU64,
+) -> Result<(), String> {
+    let mut file = tokio::fs::File::open(path)
+        .await
+        .map_err(|e| format!("cannot open {}: {e}", path.display()))?;
+    let mut buffer = vec![0u8; STREAM_MESSAGE];
+    loop {
+        let n = file
+            .read(&mut buffer)
+            .await
+            .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+        if n == 0 {
+            break;
+        }
+        channel
+            .send(Bytes::copy_from_slice(&buffer[..n]))
+            .await
+            .map_err(|e| e.to_string())?;
+        moved.fetch_add(n as u64, Ordering::Relaxed);
+    }
+    channel.close().await.map_err(|e| e.to_string())
+}
+
+/// MSC2354's baseline, receiving side: keep what arrives until the peer closes; then check the
+/// size (and digest when advertised) and move the file into place.
+async fn receive_file(
+    channel: &mut dyn Channel,
+    dest: &Path,
+    size: u64,
+    sha256: Option<&str>,
+    moved: &AtomicU64,
+) -> Result<(), String> {
+    use sha2::Digest;
+    let part = part_path(dest);
+    let mut file = tokio::fs::File::create(&part)
+        .await
+        .map_err(|e| format!("cannot create {}: {e}", part.display()))?;
+    let mut hasher = sha2::Sha256::new();
+    let mut received: u64 = 0;
+    let outcome: Result<(), String> = async {
+        while let Some(message) = channel.recv().await {
+            let message = message.map_err(|e| e.to_string())?;
+            received += message.len() as u64;
+            if received > size {
+                return Err(format!("the peer sent more than the offered {size} bytes"));
+            }
+            hasher.update(&message);
+            file.write_all(&message)
+                .await
+                .map_err(|e| format!("cannot write {}: {e}", part.display()))?;
+            moved.store(received, Ordering::Relaxed);
+        }
+        if received != size {
+            return Err(format!(
+                "the connection closed after {received} of {size} bytes"
+            ));
+        }
+        file.sync_all().await.map_err(|e| e.to_string())?;
+        if let Some(expected) = sha256
+            && hex(&hasher.finalize()) != expected
+        {
+            return Err(
+                "sha256 mismatch: the received file differs from the offered one".to_owned(),
+            );
+        }
+        Ok(())
+    }
+    .await;
+    match outcome {
+        Ok(()) => tokio::fs::rename(&part, dest)
+            .await
+            .map_err(|e| format!("cannot move the file into place: {e}")),
+        Err(reason) => {
+            let _ = tokio::fs::remove_file(&part).await;
+            Err(reason)
+        }
+    }
+}
+
+/// The temporary name a file has until it is complete.
+pub fn part_path(dest: &Path) -> PathBuf {
+    let mut name = dest.file_name().unwrap_or_default().to_os_string();
+    name.push(".d2dfs-part");
+    dest.with_file_name(name)
+}
+
+/// Sends signalling events one at a time, in order.
+async fn run_outbox(
+    client: Client,
+    mut outbox: mpsc::UnboundedReceiver<Outgoing>,
+    shutdown: CancellationToken,
+) {
+    loop {
+        let next = tokio::select! {
+            () = shutdown.cancelled() => return,
+            next = outbox.recv() => next,
+        };
+        let (room_id, event) = match next {
+            None => return,
+            Some(Outgoing::Flush(done)) => {
+                let _ = done.send(());
+                continue;
+            }
+            Some(Outgoing::Event { room_id, event }) => (room_id, event),
+        };
+        let Some(room) = client.get_room(&room_id) else {
+            warn!(%room_id, "cannot send to a room we are not in");
+            continue;
+        };
+        let event_type = event.event_type();
+        // matrix-sdk encrypts in encrypted rooms and waits out rate limits (M_LIMIT_EXCEEDED).
+        match room.send_raw(event_type, event.to_content()).await {
+            Ok(response) => {
+                debug!(event_type, event_id = %response.response.event_id, "sent");
+            }
+            Err(error) => warn!(event_type, %error, "cannot send signalling event"),
+        }
+    }
+}
+
+/// SHA-256 of a file, read in 1 MiB blocks.
+async fn file_sha256(path: &Path) -> std::io::Result<[u8; 32]> {
+    use sha2::Digest;
+    let mut file = tokio::fs::File::open(path).await?;
+    let mut hasher = sha2::Sha256::new();
+    let mut buffer = vec![0u8; 1 << 20];
+    loop {
+        let n = file.read(&mut buffer).await?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buffer[..n]);
+    }
+    Ok(hasher.finalize().into())
+}
+
+/// A fresh transfer id: 128 random bits, hex.
+fn new_transfer_id() -> String {
+    let mut bytes = [0u8; 16];
+    if let Ok(mut urandom) = std::fs::File::open("/dev/urandom") {
+        use std::io::Read;
+        let _ = urandom.read_exact(&mut bytes);
+    }
+    if bytes == [0; 16] {
+        // No /dev/urandom: the clock is unique enough for an id (not a secret).
+        bytes[..16].copy_from_slice(
+            &u128::from(now_ms())
+                .wrapping_mul(0x9e37_79b9_7f4a_7c15)
+                .to_le_bytes(),
+        );
+    }
+    hex(&bytes)
+}
+
+/// A mimetype from the file name's extension.
+pub fn guess_mimetype(filename: &str) -> &'static str {
+    let extension = filename
+        .rsplit_once('.')
+        .map(|(_, e)| e.to_ascii_lowercase());
+    match extension.as_deref() {
+        Some("txt" | "md" | "log") => "text/plain",
+        Some("html" | "htm") => "text/html",
+        Some("json") => "application/json",
+        Some("pdf") => "application/pdf",
+        Some("zip") => "application/zip",
+        Some("gz" | "tgz") => "application/gzip",
+        Some("tar") => "application/x-tar",
+        Some("iso") => "application/x-iso9660-image",
+        Some("png") => "image/png",
+        Some("jpg" | "jpeg") => "image/jpeg",
+        Some("gif") => "image/gif",
+        Some("svg") => "image/svg+xml",
+        Some("mp4") => "video/mp4",
+        Some("mkv") => "video/x-matroska",
+        Some("mp3") => "audio/mpeg",
+        Some("ogg") => "audio/ogg",
+        Some("doc") => "application/msword",
+        _ => "application/octet-stream",
+    }
+}

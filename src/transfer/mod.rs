@@ -1,0 +1,4 @@
+//! Transfers: the lifecycle each one goes through, for the sending and the receiving device.
+
+pub mod engine;
+pub mod lifecycle;

@@ -1,0 +1,470 @@
+//! The MSC2354 lifecycle between engines over a real Synapse (with an in-process stand-in for
+//! the WebRTC connection, see `harness::fake_transport`).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use d2dfs::signalling::events;
+use d2dfs::signalling::sync::OwnDevice;
+use d2dfs::transfer::engine::{Engine, EngineConfig, EngineError, TransferSnapshot};
+use d2dfs::transfer::lifecycle::{Phase, Role};
+use matrix_sdk::Client;
+use matrix_sdk::ruma::api::client::message::send_message_event;
+use matrix_sdk::ruma::serde::Raw;
+use matrix_sdk::ruma::{OwnedRoomId, RoomId, TransactionId};
+use serde_json::{Value, json};
+
+use crate::harness::fake_transport::FakeConnector;
+use crate::harness::users::{RoomSpec, TestUser, create_shared_room};
+
+const WAIT: Duration = Duration::from_secs(30);
+
+fn start_engine(client: &Client, config: EngineConfig) -> Engine {
+    let me = OwnDevice {
+        user_id: client.user_id().expect("logged in").to_owned(),
+        device_id: client.device_id().expect("logged in").to_owned(),
+    };
+    Engine::start(client.clone(), me, Arc::new(FakeConnector), config)
+}
+
+/// Two users, a room they share, and an engine each.
+struct Pair {
+    room_id: OwnedRoomId,
+    alice: Client,
+    bob: Client,
+    alice_engine: Engine,
+    bob_engine: Engine,
+    dir: tempfile::TempDir,
+}
+
+async fn pair(spec: RoomSpec<'_>) -> Pair {
+    let alice = TestUser::register("alice").await.client().await;
+    let bob = TestUser::register("bob").await.client().await;
+    let room_id = create_shared_room(&alice, &[&bob], spec).await;
+    let alice_engine = start_engine(&alice, EngineConfig::default());
+    let bob_engine = start_engine(&bob, EngineConfig::default());
+    alice_engine.wait_synced().await;
+    bob_engine.wait_synced().await;
+    Pair {
+        room_id,
+        alice,
+        bob,
+        alice_engine,
+        bob_engine,
+        dir: tempfile::tempdir().unwrap(),
+    }
+}
+
+fn private_room() -> RoomSpec<'static> {
+    RoomSpec {
+        name: "signalling",
+        encrypted: false,
+        public: false,
+    }
+}
+
+fn test_file(dir: &tempfile::TempDir, name: &str, len: usize) -> (std::path::PathBuf, Vec<u8>) {
+    let data: Vec<u8> = (0..len).map(|i| (i * 31 % 251) as u8).collect();
+    let path = dir.path().join(name);
+    std::fs::write(&path, &data).unwrap();
+    (path, data)
+}
+
+async fn wait_phase(engine: &Engine, transfer_id: &str, phase: Phase) -> TransferSnapshot {
+    engine
+        .wait_for(WAIT, |t| t.transfer_id == transfer_id && t.phase == phase)
+        .await
+        .unwrap_or_else(|| {
+            panic!(
+                "{transfer_id} never reached {phase}; now: {:?}",
+                engine.transfer(transfer_id)
+            )
+        })
+}
+
+async fn wait_offer(engine: &Engine, transfer_id: &str) -> TransferSnapshot {
+    wait_phase(engine, transfer_id, Phase::Offered).await
+}
+
+/// Sends `content` as `event_type` without matrix-sdk's help (no encryption, no checks).
+async fn send_raw(client: &Client, room_id: &RoomId, event_type: &str, content: Value) {
+    let request = send_message_event::v3::Request::new_raw(
+        room_id.to_owned(),
+        TransactionId::new(),
+        event_type.into(),
+        Raw::new(&content).unwrap().cast_unchecked(),
+    );
+    client.send(request).await.expect("send raw event");
+}
+
+/// The d2dfile events of a room, oldest first, as (type, content).
+async fn room_signalling(client: &Client, room_id: &RoomId) -> Vec<(String, Value)> {
+    let room = client.get_room(room_id).unwrap();
+    let mut options = matrix_sdk::room::MessagesOptions::backward();
+    options.limit = 100u32.into();
+    let messages = room.messages(options).await.unwrap();
+    let mut events: Vec<(String, Value)> = messages
+        .chunk
+        .iter()
+        .filter_map(|e| {
+            let json: Value = serde_json::from_str(e.raw().json().get()).ok()?;
+            let kind = json["type"].as_str()?.to_owned();
+            (kind.starts_with("m.d2dfile.") || kind.starts_with("org.d2dfs."))
+                .then(|| (kind, json["content"].clone()))
+        })
+        .collect();
+    events.reverse();
+    events
+}
+
+fn invite_content(transfer_id: &str, lifetime: u64) -> Value {
+    json!({
+        "transfer_id": transfer_id,
+        "lifetime": lifetime,
+        "filename": "injected.bin",
+        "info": { "mimetype": "application/octet-stream", "size": 10 },
+        "offer": { "type": "offer", "sdp": "v=0\r\n" },
+        "version": 0,
+    })
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn offer_answer_candidates_complete() {
+    let p = pair(private_room()).await;
+    let (path, data) = test_file(&p.dir, "report.pdf", 300_000);
+    let id = p
+        .alice_engine
+        .offer_file(&p.room_id, &path, "report.pdf")
+        .await
+        .unwrap();
+
+    let offer = wait_offer(&p.bob_engine, &id).await;
+    assert_eq!(offer.role, Role::Receiving);
+    assert_eq!(
+        (offer.filename.as_str(), offer.size),
+        ("report.pdf", 300_000)
+    );
+    assert_eq!(offer.mimetype, "application/pdf");
+    assert_eq!(offer.sender, p.alice.user_id().unwrap().as_str());
+    assert!(offer.sha256.is_some());
+
+    let dest = p.dir.path().join("received.pdf");
+    p.bob_engine.accept_to_file(&id, &dest).await.unwrap();
+    wait_phase(&p.bob_engine, &id, Phase::Complete).await;
+    let sent = wait_phase(&p.alice_engine, &id, Phase::Complete).await;
+    assert_eq!(sent.bytes_moved, 300_000);
+    assert_eq!(std::fs::read(&dest).unwrap(), data);
+
+    // On the wire: exactly MSC2354 plus our select_answer, candidates batched with an
+    // end-of-candidates marker — one candidates event per side.
+    let events = room_signalling(&p.alice, &p.room_id).await;
+    let kinds: Vec<&str> = events.iter().map(|(k, _)| k.as_str()).collect();
+    assert_eq!(
+        kinds.iter().filter(|k| **k == events::INVITE).count(),
+        1,
+        "{kinds:?}"
+    );
+    assert_eq!(
+        kinds.iter().filter(|k| **k == events::ANSWER).count(),
+        1,
+        "{kinds:?}"
+    );
+    assert_eq!(
+        kinds
+            .iter()
+            .filter(|k| **k == events::SELECT_ANSWER)
+            .count(),
+        1,
+        "{kinds:?}"
+    );
+    assert_eq!(
+        kinds.iter().filter(|k| **k == events::CANDIDATES).count(),
+        2,
+        "{kinds:?}"
+    );
+    for (kind, content) in &events {
+        assert_eq!(content["version"], 0, "{kind}");
+        assert_eq!(content["transfer_id"], id.as_str(), "{kind}");
+        if kind == events::CANDIDATES {
+            let list = content["candidates"].as_array().unwrap();
+            assert_eq!(
+                list.last().unwrap()["candidate"],
+                "",
+                "no end-of-candidates marker"
+            );
+        }
+    }
+    assert!(
+        kinds.iter().position(|k| *k == events::INVITE)
+            < kinds.iter().position(|k| *k == events::ANSWER)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn receiver_rejects_with_cancel() {
+    let p = pair(private_room()).await;
+    let (path, _) = test_file(&p.dir, "a.txt", 10);
+    let id = p
+        .alice_engine
+        .offer_file(&p.room_id, &path, "a.txt")
+        .await
+        .unwrap();
+    wait_offer(&p.bob_engine, &id).await;
+    p.bob_engine.cancel(&id, "not wanted").unwrap();
+    let ended = wait_phase(&p.alice_engine, &id, Phase::Cancelled).await;
+    assert!(ended.reason.unwrap().contains("rejected by"), "reason");
+    assert_eq!(p.bob_engine.transfer(&id).unwrap().phase, Phase::Cancelled);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sender_cancels_and_the_offer_ends_on_both_sides() {
+    let p = pair(private_room()).await;
+    let (path, _) = test_file(&p.dir, "b.txt", 10);
+    let id = p
+        .alice_engine
+        .offer_file(&p.room_id, &path, "b.txt")
+        .await
+        .unwrap();
+    wait_offer(&p.bob_engine, &id).await;
+    p.alice_engine.cancel(&id, "changed my mind").unwrap();
+    let ended = wait_phase(&p.bob_engine, &id, Phase::Cancelled).await;
+    assert!(ended.reason.unwrap().contains("changed my mind"));
+    let dest = p.dir.path().join("never");
+    assert!(matches!(
+        p.bob_engine.accept_to_file(&id, &dest).await,
+        Err(EngineError::NotAcceptable(_))
+    ));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn unanswered_offers_expire() {
+    let alice = TestUser::register("alice").await.client().await;
+    let bob = TestUser::register("bob").await.client().await;
+    let room_id = create_shared_room(&alice, &[&bob], private_room()).await;
+    let short = EngineConfig {
+        lifetime: Duration::from_secs(3),
+        ..EngineConfig::default()
+    };
+    let alice_engine = start_engine(&alice, short);
+    let bob_engine = start_engine(&bob, EngineConfig::default());
+    let dir = tempfile::tempdir().unwrap();
+    let (path, _) = test_file(&dir, "c.txt", 10);
+    let id = alice_engine
+        .offer_file(&room_id, &path, "c.txt")
+        .await
+        .unwrap();
+    wait_offer(&bob_engine, &id).await;
+    wait_phase(&alice_engine, &id, Phase::Expired).await;
+    // The receiver's offer vanishes from the listing and can't be answered.
+    bob_engine
+        .wait_for(WAIT, |_| {
+            bob_engine.transfers().iter().all(|t| t.transfer_id != id)
+        })
+        .await;
+    assert!(bob_engine.transfers().iter().all(|t| t.transfer_id != id));
+    assert!(
+        bob_engine
+            .accept_to_file(&id, &dir.path().join("x"))
+            .await
+            .is_err()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn offers_older_than_their_lifetime_are_never_shown() {
+    let alice = TestUser::register("alice").await.client().await;
+    let bob = TestUser::register("bob").await.client().await;
+    let room_id = create_shared_room(&alice, &[&bob], private_room()).await;
+    send_raw(
+        &alice,
+        &room_id,
+        events::INVITE,
+        invite_content("old-offer", 1000),
+    )
+    .await;
+    send_raw(
+        &alice,
+        &room_id,
+        events::INVITE,
+        invite_content("live-offer", 600_000),
+    )
+    .await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let bob_engine = start_engine(&bob, EngineConfig::default());
+    bob_engine.wait_synced().await;
+    wait_offer(&bob_engine, "live-offer").await;
+    let ids: Vec<String> = bob_engine
+        .transfers()
+        .into_iter()
+        .map(|t| t.transfer_id)
+        .collect();
+    assert_eq!(ids, ["live-offer"]);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn malformed_and_wrong_version_events_are_ignored() {
+    let p = pair(private_room()).await;
+    let mut wrong_version = invite_content("v1", 600_000);
+    wrong_version["version"] = json!(1);
+    let mut string_version = invite_content("v0s", 600_000);
+    string_version["version"] = json!("0");
+    let mut no_size = invite_content("nosize", 600_000);
+    no_size["info"] = json!({ "mimetype": "a/b" });
+    let mut huge = invite_content("huge", 600_000);
+    huge["info"]["size"] = json!(9_007_199_254_740_991u64); // 2^53-1: above our 1 PiB cap
+    let mut bad_type = invite_content("badtype", 600_000);
+    bad_type["lifetime"] = json!("forever");
+    for content in [
+        wrong_version,
+        string_version,
+        no_size,
+        huge,
+        bad_type,
+        json!({}),
+    ] {
+        send_raw(&p.alice, &p.room_id, events::INVITE, content).await;
+    }
+    send_raw(
+        &p.alice,
+        &p.room_id,
+        events::CANCEL,
+        json!({ "transfer_id": 5, "version": 0 }),
+    )
+    .await;
+    // A good offer after the bad ones proves the loop went on.
+    send_raw(
+        &p.alice,
+        &p.room_id,
+        events::INVITE,
+        invite_content("good", 600_000),
+    )
+    .await;
+    wait_offer(&p.bob_engine, "good").await;
+    let ids: Vec<String> = p
+        .bob_engine
+        .transfers()
+        .into_iter()
+        .map(|t| t.transfer_id)
+        .collect();
+    assert_eq!(ids, ["good"]);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn public_rooms_get_no_offers() {
+    let p = pair(RoomSpec {
+        name: "lobby",
+        encrypted: false,
+        public: true,
+    })
+    .await;
+    let (path, _) = test_file(&p.dir, "d.txt", 10);
+    assert!(matches!(
+        p.alice_engine.offer_file(&p.room_id, &path, "d.txt").await,
+        Err(EngineError::PublicRoom(_))
+    ));
+    // Offers someone else makes there are not shown either.
+    send_raw(
+        &p.alice,
+        &p.room_id,
+        events::INVITE,
+        invite_content("public-offer", 600_000),
+    )
+    .await;
+    // ... but a marker sent after it in a private room is, so the invite was processed.
+    let private = create_shared_room(&p.alice, &[&p.bob], private_room()).await;
+    send_raw(
+        &p.alice,
+        &private,
+        events::INVITE,
+        invite_content("marker", 600_000),
+    )
+    .await;
+    wait_offer(&p.bob_engine, "marker").await;
+    assert!(p.bob_engine.transfer("public-offer").is_none());
+
+    // With --allow-public-rooms they are.
+    let allowed = start_engine(
+        &p.bob,
+        EngineConfig {
+            allow_public_rooms: true,
+            ..EngineConfig::default()
+        },
+    );
+    allowed.wait_synced().await;
+    wait_offer(&allowed, "public-offer").await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn two_receivers_answer_and_exactly_one_is_selected() {
+    let alice = TestUser::register("alice").await.client().await;
+    let bob = TestUser::register("bob").await;
+    let bob_phone = bob.client().await;
+    let bob_laptop = bob.client().await;
+    let room_id = create_shared_room(&alice, &[&bob_phone], private_room()).await;
+    let alice_engine = start_engine(&alice, EngineConfig::default());
+    let phone = start_engine(&bob_phone, EngineConfig::default());
+    let laptop = start_engine(&bob_laptop, EngineConfig::default());
+    let dir = tempfile::tempdir().unwrap();
+    let (path, data) = test_file(&dir, "e.bin", 50_000);
+    let id = alice_engine
+        .offer_file(&room_id, &path, "e.bin")
+        .await
+        .unwrap();
+    wait_offer(&phone, &id).await;
+    wait_offer(&laptop, &id).await;
+    let (phone_dest, laptop_dest) = (dir.path().join("phone"), dir.path().join("laptop"));
+    phone.accept_to_file(&id, &phone_dest).await.unwrap();
+    laptop.accept_to_file(&id, &laptop_dest).await.unwrap();
+
+    wait_phase(&alice_engine, &id, Phase::Complete).await;
+    let ended = |engine: &Engine| {
+        let engine = engine.clone();
+        let id = id.clone();
+        async move {
+            engine
+                .wait_for(WAIT, |t| t.transfer_id == id && t.phase.is_final())
+                .await
+                .unwrap()
+        }
+    };
+    let (phone_end, laptop_end) = (ended(&phone).await, ended(&laptop).await);
+    let mut phases = [phone_end.phase, laptop_end.phase];
+    phases.sort_by_key(|p| p.as_str());
+    assert_eq!(
+        phases,
+        [Phase::Cancelled, Phase::Complete],
+        "{phone_end:?} {laptop_end:?}"
+    );
+    let (winner, loser) = if phone_end.phase == Phase::Complete {
+        (phone_dest, laptop_end)
+    } else {
+        (laptop_dest, phone_end)
+    };
+    assert_eq!(std::fs::read(winner).unwrap(), data);
+    assert_eq!(loser.reason.as_deref(), Some("taken by another device"));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn same_user_devices_transfer_to_each_other() {
+    let carol = TestUser::register("carol").await;
+    let desktop = carol.client().await;
+    let laptop = carol.client().await;
+    let other = TestUser::register("dan").await.client().await;
+    let room_id = create_shared_room(&desktop, &[&other], private_room()).await;
+    let desktop_engine = start_engine(&desktop, EngineConfig::default());
+    let laptop_engine = start_engine(&laptop, EngineConfig::default());
+    let dir = tempfile::tempdir().unwrap();
+    let (path, data) = test_file(&dir, "f.bin", 20_000);
+    let id = desktop_engine
+        .offer_file(&room_id, &path, "f.bin")
+        .await
+        .unwrap();
+    // The offering device never sees its own offer as a placeholder...
+    wait_offer(&laptop_engine, &id).await;
+    assert_eq!(desktop_engine.transfer(&id).unwrap().role, Role::Sending);
+    // ... and the user's other device can take it.
+    let dest = dir.path().join("copy");
+    laptop_engine.accept_to_file(&id, &dest).await.unwrap();
+    wait_phase(&laptop_engine, &id, Phase::Complete).await;
+    assert_eq!(std::fs::read(dest).unwrap(), data);
+}
