@@ -97,8 +97,16 @@ async fn send_raw(client: &Client, room_id: &RoomId, event_type: &str, content: 
     client.send(request).await.expect("send raw event");
 }
 
-/// The d2dfile events of a room, oldest first, as (type, content).
+/// The d2dfile events of a room, oldest first, as (type, content); `from` keeps one sender's.
 async fn room_signalling(client: &Client, room_id: &RoomId) -> Vec<(String, Value)> {
+    room_signalling_from(client, room_id, None).await
+}
+
+async fn room_signalling_from(
+    client: &Client,
+    room_id: &RoomId,
+    from: Option<&str>,
+) -> Vec<(String, Value)> {
     let room = client.get_room(room_id).unwrap();
     let mut options = matrix_sdk::room::MessagesOptions::backward();
     options.limit = 100u32.into();
@@ -109,6 +117,9 @@ async fn room_signalling(client: &Client, room_id: &RoomId) -> Vec<(String, Valu
         .filter_map(|e| {
             let json: Value = serde_json::from_str(e.raw().json().get()).ok()?;
             let kind = json["type"].as_str()?.to_owned();
+            if from.is_some_and(|sender| json["sender"] != sender) {
+                return None;
+            }
             (kind.starts_with("m.d2dfile.") || kind.starts_with("org.d2dfs."))
                 .then(|| (kind, json["content"].clone()))
         })
@@ -467,4 +478,171 @@ async fn same_user_devices_transfer_to_each_other() {
     laptop_engine.accept_to_file(&id, &dest).await.unwrap();
     wait_phase(&laptop_engine, &id, Phase::Complete).await;
     assert_eq!(std::fs::read(dest).unwrap(), data);
+}
+
+/// The event types of a room as the homeserver stores them (no decryption).
+async fn wire_types(client: &Client, room_id: &RoomId) -> Vec<String> {
+    use matrix_sdk::ruma::api::client::message::get_message_events;
+    let mut request = get_message_events::v3::Request::backward(room_id.to_owned());
+    request.limit = 100u32.into();
+    let response = client.send(request).await.unwrap();
+    response
+        .chunk
+        .iter()
+        .filter_map(|e| e.get_field::<String>("type").ok().flatten())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn encrypted_rooms_carry_encrypted_signalling_only() {
+    let p = pair(RoomSpec {
+        name: "secret",
+        encrypted: true,
+        public: false,
+    })
+    .await;
+    // A plaintext offer in an encrypted room could come from the homeserver itself: ignored.
+    send_raw(
+        &p.alice,
+        &p.room_id,
+        events::INVITE,
+        invite_content("plaintext", 600_000),
+    )
+    .await;
+
+    let (path, data) = test_file(&p.dir, "secret.bin", 40_000);
+    let id = p
+        .alice_engine
+        .offer_file(&p.room_id, &path, "secret.bin")
+        .await
+        .unwrap();
+    wait_offer(&p.bob_engine, &id).await;
+    assert!(p.bob_engine.transfer("plaintext").is_none());
+    let dest = p.dir.path().join("secret.out");
+    p.bob_engine.accept_to_file(&id, &dest).await.unwrap();
+    wait_phase(&p.bob_engine, &id, Phase::Complete).await;
+    assert_eq!(std::fs::read(&dest).unwrap(), data);
+
+    // What the homeserver saw: our events only as m.room.encrypted.
+    let types = wire_types(&p.bob, &p.room_id).await;
+    let d2d: Vec<&String> = types
+        .iter()
+        .filter(|t| t.starts_with("m.d2dfile."))
+        .collect();
+    assert_eq!(
+        d2d,
+        [events::INVITE],
+        "only the injected plaintext invite: {types:?}"
+    );
+    let encrypted = types.iter().filter(|t| *t == "m.room.encrypted").count();
+    assert!(
+        encrypted >= 5,
+        "invite, answer, 2 candidates, select_answer: {types:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_restarted_receiver_still_sees_the_offer() {
+    use d2dfs::profile::Profile;
+    use d2dfs::signalling::session::{self, LoginRequest};
+
+    let alice = TestUser::register("alice").await.client().await;
+    let bob = TestUser::register("bob").await;
+    let bob_setup = bob.client().await;
+    let room_id = create_shared_room(&alice, &[&bob_setup], private_room()).await;
+    let alice_engine = start_engine(&alice, EngineConfig::default());
+
+    // Bob's d2dfs device, with a persistent store as the real program has.
+    let data = tempfile::tempdir().unwrap();
+    let profile = Profile::resolve(None, Some(data.path())).unwrap();
+    let homeserver = crate::harness::homeserver::homeserver().url.clone();
+    let request = LoginRequest {
+        user: bob.user_id.as_str(),
+        homeserver: Some(&homeserver),
+        password: &bob.password,
+        device_name: "restart test",
+    };
+    let first = session::login(&profile, &request).await.unwrap();
+    let first_engine = start_engine(&first.client, EngineConfig::default());
+    first_engine.wait_synced().await;
+
+    let dir = tempfile::tempdir().unwrap();
+    let (path, contents) = test_file(&dir, "g.bin", 30_000);
+    let id = alice_engine
+        .offer_file(&room_id, &path, "g.bin")
+        .await
+        .unwrap();
+    wait_offer(&first_engine, &id).await;
+
+    // The receiving process goes away after having seen (and synced past) the offer.
+    first_engine.shutdown().await;
+    drop(first_engine);
+    drop(first);
+
+    let second = session::restore(&profile).await.unwrap();
+    let second_engine = start_engine(&second.client, EngineConfig::default());
+    second_engine.wait_synced().await;
+    wait_offer(&second_engine, &id).await;
+    let dest = dir.path().join("g.out");
+    second_engine.accept_to_file(&id, &dest).await.unwrap();
+    wait_phase(&second_engine, &id, Phase::Complete).await;
+    assert_eq!(std::fs::read(dest).unwrap(), contents);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn default_rate_limits_slow_signalling_but_do_not_stall_it() {
+    let url = &crate::harness::homeserver::strict_homeserver().url;
+    let alice = TestUser::register_on(url, "alice").await.client().await;
+    let bob = TestUser::register_on(url, "bob").await.client().await;
+    let room_id = create_shared_room(&alice, &[&bob], private_room()).await;
+    let alice_engine = start_engine(&alice, EngineConfig::default());
+    let bob_engine = start_engine(&bob, EngineConfig::default());
+    let dir = tempfile::tempdir().unwrap();
+    // Four offers: the offerer sends 12 events (invite, candidates, select_answer each), past
+    // the burst of 10 that a default Synapse allows.
+    let mut offers = Vec::new();
+    for n in 0..4 {
+        let (path, data) = test_file(&dir, &format!("rl{n}.bin"), 5_000 + n);
+        let id = alice_engine
+            .offer_file(&room_id, &path, &format!("rl{n}.bin"))
+            .await
+            .unwrap();
+        offers.push((id, data));
+    }
+    for (n, (id, _)) in offers.iter().enumerate() {
+        wait_offer(&bob_engine, id).await;
+        bob_engine
+            .accept_to_file(id, &dir.path().join(format!("out{n}")))
+            .await
+            .unwrap();
+    }
+    for (n, (id, data)) in offers.iter().enumerate() {
+        bob_engine
+            .wait_for(Duration::from_secs(120), |t| {
+                &t.transfer_id == id && t.phase == Phase::Complete
+            })
+            .await
+            .unwrap_or_else(|| panic!("{id} stalled: {:?}", bob_engine.transfer(id)));
+        assert_eq!(
+            &std::fs::read(dir.path().join(format!("out{n}"))).unwrap(),
+            data
+        );
+    }
+    // The offerer's events past the burst (select_answer, here) met 429s; they were not lost,
+    // only delayed: all twelve arrive.
+    let alice_id = alice.user_id().unwrap().to_string();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(90);
+    loop {
+        let sent = room_signalling_from(&alice, &room_id, Some(&alice_id))
+            .await
+            .len();
+        if sent == 12 {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "only {sent} of 12 events arrived"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
 }

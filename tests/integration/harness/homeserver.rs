@@ -15,40 +15,53 @@ pub struct Homeserver {
 }
 
 static HOMESERVER: OnceLock<Homeserver> = OnceLock::new();
+static STRICT_HOMESERVER: OnceLock<Homeserver> = OnceLock::new();
 
 /// The repository root (where `contrib/` is).
 pub fn repo_root() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))
 }
 
-/// The homeserver of this test run, started on first use.
+/// The homeserver of this test run (relaxed rate limits), started on first use.
 pub fn homeserver() -> &'static Homeserver {
     HOMESERVER.get_or_init(|| {
         if let Ok(url) = std::env::var("D2DFS_TEST_HOMESERVER") {
             return Homeserver { url };
         }
-        let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
-            .join(format!("synapse-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        let output = Command::new(repo_root().join("contrib/synapse.sh"))
-            .arg("start")
-            .arg(&dir)
-            .arg("--watch-pid")
-            .arg(std::process::id().to_string())
-            .output()
-            .expect("run contrib/synapse.sh");
-        assert!(
-            output.status.success(),
-            "contrib/synapse.sh start failed:\n{}",
-            String::from_utf8_lossy(&output.stderr)
-        );
-        let url = String::from_utf8_lossy(&output.stdout).trim().to_owned();
-        assert!(
-            url.starts_with("http://"),
-            "unexpected synapse.sh output {url:?}"
-        );
-        Homeserver { url }
+        start("synapse", &[])
     })
+}
+
+/// A second homeserver with Synapse's default rate limits (`rc_message`: burst 10, then one
+/// event per 5 s), for tests that prove signalling copes with them.
+pub fn strict_homeserver() -> &'static Homeserver {
+    STRICT_HOMESERVER.get_or_init(|| start("synapse-strict", &["--default-ratelimits"]))
+}
+
+fn start(name: &str, options: &[&str]) -> Homeserver {
+    init_test_logging();
+    let dir =
+        PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let output = Command::new(repo_root().join("contrib/synapse.sh"))
+        .arg("start")
+        .arg(&dir)
+        .arg("--watch-pid")
+        .arg(std::process::id().to_string())
+        .args(options)
+        .output()
+        .expect("run contrib/synapse.sh");
+    assert!(
+        output.status.success(),
+        "contrib/synapse.sh start failed:\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let url = String::from_utf8_lossy(&output.stdout).trim().to_owned();
+    assert!(
+        url.starts_with("http://"),
+        "unexpected synapse.sh output {url:?}"
+    );
+    Homeserver { url }
 }
 
 /// A name no other test of this run (or of an earlier run against the same server) uses.
@@ -59,4 +72,14 @@ pub fn unique_name(prefix: &str) -> String {
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.subsec_nanos());
     format!("{prefix}-{}-{n}-{nanos:x}", std::process::id())
+}
+
+/// `RUST_LOG=d2dfs=debug cargo test … -- --nocapture` shows the library's logs.
+fn init_test_logging() {
+    if let Ok(filter) = tracing_subscriber::EnvFilter::try_from_default_env() {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_test_writer()
+            .try_init();
+    }
 }

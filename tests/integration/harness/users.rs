@@ -15,14 +15,20 @@ use super::homeserver::{homeserver, unique_name};
 pub struct TestUser {
     pub user_id: OwnedUserId,
     pub password: String,
+    pub homeserver: String,
 }
 
 impl TestUser {
     /// Registers a fresh account whose name starts with `prefix`.
     pub async fn register(prefix: &str) -> Self {
+        Self::register_on(&homeserver().url, prefix).await
+    }
+
+    /// Registers a fresh account on the homeserver at `url`.
+    pub async fn register_on(url: &str, prefix: &str) -> Self {
         let localpart = unique_name(prefix);
         let password = format!("pw-{localpart}");
-        let client = anonymous_client().await;
+        let client = anonymous_client(url).await;
         let mut request = register::v3::Request::new();
         request.username = Some(localpart.clone());
         request.password = Some(password.clone());
@@ -36,12 +42,13 @@ impl TestUser {
         Self {
             user_id: response.user_id,
             password,
+            homeserver: url.to_owned(),
         }
     }
 
     /// A new logged-in device of this user (in-memory store), for arranging test state.
     pub async fn client(&self) -> Client {
-        let client = anonymous_client().await;
+        let client = anonymous_client(&self.homeserver).await;
         client
             .matrix_auth()
             .login_username(&self.user_id, &self.password)
@@ -52,9 +59,9 @@ impl TestUser {
     }
 }
 
-async fn anonymous_client() -> Client {
+async fn anonymous_client(url: &str) -> Client {
     Client::builder()
-        .homeserver_url(&homeserver().url)
+        .homeserver_url(url)
         .build()
         .await
         .expect("build matrix client")
