@@ -115,6 +115,8 @@ struct Entry {
     bytes_moved: Arc<AtomicU64>,
     /// (Receiving) the offer to answer.
     remote_offer: Option<String>,
+    /// (Sending) the file offered, for re-offers.
+    source: Option<PathBuf>,
 }
 
 impl Entry {
@@ -347,6 +349,7 @@ impl Engine {
                     commands: Some(commands_tx),
                     bytes_moved: bytes_moved.clone(),
                     remote_offer: None,
+                    source: Some(path.to_owned()),
                 },
             );
         }
@@ -363,6 +366,32 @@ impl Engine {
         ));
         info!(%transfer_id, %room_id, filename, "offered");
         Ok(transfer_id)
+    }
+
+    /// Offers the file of one of our earlier offers again, as a new transfer: one offer reaches
+    /// one device, so further devices get further offers. Returns the new transfer id.
+    pub async fn reoffer(&self, transfer_id: &str) -> Result<String, EngineError> {
+        let (room_id, path, filename) = {
+            let state = self.lock();
+            let entry = state
+                .transfers
+                .get(transfer_id)
+                .ok_or_else(|| EngineError::NoSuchTransfer(transfer_id.to_owned()))?;
+            let path = entry
+                .source
+                .clone()
+                .ok_or_else(|| EngineError::NoSuchTransfer(transfer_id.to_owned()))?;
+            (
+                entry.transfer.room_id.clone(),
+                path,
+                entry.transfer.offer.filename.clone(),
+            )
+        };
+        let room_id: OwnedRoomId = room_id
+            .as_str()
+            .try_into()
+            .map_err(|_| EngineError::NoSuchRoom(room_id.clone()))?;
+        self.offer_file(&room_id, &path, &filename).await
     }
 
     /// Accepts an offer made to us and stores the file at `dest` once complete.
@@ -674,6 +703,7 @@ impl Engine {
                 commands: None,
                 bytes_moved: Arc::new(AtomicU64::new(0)),
                 remote_offer: Some(invite.offer.sdp),
+                source: None,
             },
         );
         drop(state);

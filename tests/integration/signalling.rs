@@ -646,3 +646,96 @@ async fn default_rate_limits_slow_signalling_but_do_not_stall_it() {
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn turn_servers_come_from_the_homeserver() {
+    use d2dfs::signalling::turn::TurnCache;
+    // Synapse without TURN answers `{}`: host candidates only, not an error.
+    let plain = TestUser::register("erin").await.client().await;
+    assert!(TurnCache::new(plain).get().await.is_empty());
+
+    let url = &crate::harness::homeserver::strict_homeserver().url;
+    let client = TestUser::register_on(url, "frank").await.client().await;
+    let servers = TurnCache::new(client.clone()).get().await;
+    assert_eq!(servers.uris.len(), 2, "{servers:?}");
+    assert!(
+        servers.uris.iter().any(|u| u.ends_with("transport=tcp")),
+        "TCP relay offered"
+    );
+    // Synapse's shared-secret scheme: "EXPIRY:@user:server" and an HMAC as the password.
+    let user = client.user_id().unwrap().as_str();
+    assert!(
+        servers.username.ends_with(&format!(":{user}")),
+        "{}",
+        servers.username
+    );
+    assert!(!servers.credential.is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_offer_can_be_made_again_for_further_devices() {
+    let p = pair(private_room()).await;
+    let (path, data) = test_file(&p.dir, "again.bin", 10_000);
+    let first = p
+        .alice_engine
+        .offer_file(&p.room_id, &path, "again.bin")
+        .await
+        .unwrap();
+    wait_offer(&p.bob_engine, &first).await;
+    p.bob_engine
+        .accept_to_file(&first, &p.dir.path().join("one"))
+        .await
+        .unwrap();
+    wait_phase(&p.alice_engine, &first, Phase::Complete).await;
+
+    let second = p.alice_engine.reoffer(&first).await.unwrap();
+    assert_ne!(first, second);
+    let offer = wait_offer(&p.bob_engine, &second).await;
+    assert_eq!((offer.filename.as_str(), offer.size), ("again.bin", 10_000));
+    p.bob_engine
+        .accept_to_file(&second, &p.dir.path().join("two"))
+        .await
+        .unwrap();
+    wait_phase(&p.bob_engine, &second, Phase::Complete).await;
+    assert_eq!(std::fs::read(p.dir.path().join("two")).unwrap(), data);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sync_survives_a_homeserver_restart() {
+    let server = crate::harness::homeserver::OwnHomeserver::start("synapse-restart");
+    let alice = TestUser::register_on(&server.url, "alice")
+        .await
+        .client()
+        .await;
+    let bob = TestUser::register_on(&server.url, "bob")
+        .await
+        .client()
+        .await;
+    let room_id = create_shared_room(&alice, &[&bob], private_room()).await;
+    let alice_engine = start_engine(&alice, EngineConfig::default());
+    let bob_engine = start_engine(&bob, EngineConfig::default());
+    alice_engine.wait_synced().await;
+    bob_engine.wait_synced().await;
+
+    // The homeserver goes away long enough for syncs to fail and back off, then returns.
+    server.stop();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    server.restart();
+
+    let dir = tempfile::tempdir().unwrap();
+    let (path, data) = test_file(&dir, "after-restart.bin", 8_000);
+    let id = alice_engine
+        .offer_file(&room_id, &path, "after-restart.bin")
+        .await
+        .unwrap();
+    wait_offer(&bob_engine, &id).await;
+    let dest = dir.path().join("out");
+    bob_engine.accept_to_file(&id, &dest).await.unwrap();
+    bob_engine
+        .wait_for(Duration::from_secs(90), |t| {
+            t.transfer_id == id && t.phase == Phase::Complete
+        })
+        .await
+        .unwrap_or_else(|| panic!("no completion: {:?}", bob_engine.transfer(&id)));
+    assert_eq!(std::fs::read(dest).unwrap(), data);
+}

@@ -35,10 +35,79 @@ pub fn homeserver() -> &'static Homeserver {
 /// A second homeserver with Synapse's default rate limits (`rc_message`: burst 10, then one
 /// event per 5 s), for tests that prove signalling copes with them.
 pub fn strict_homeserver() -> &'static Homeserver {
-    STRICT_HOMESERVER.get_or_init(|| start("synapse-strict", &["--default-ratelimits"]))
+    STRICT_HOMESERVER.get_or_init(|| {
+        start_with_config(
+            "synapse-strict",
+            &["--default-ratelimits"],
+            STRICT_EXTRA_CONFIG,
+        )
+    })
 }
 
+/// The strict homeserver also hands out TURN credentials (no TURN server runs behind them:
+/// they prove discovery, not relaying).
+const STRICT_EXTRA_CONFIG: &str = r#"
+turn_uris: ["turn:127.0.0.1:3478?transport=udp", "turn:127.0.0.1:3478?transport=tcp"]
+turn_shared_secret: "d2dfs-test-turn-secret"
+turn_user_lifetime: 1h
+"#;
+
 fn start(name: &str, options: &[&str]) -> Homeserver {
+    start_with_config(name, options, "")
+}
+
+/// A homeserver of one test's own, which the test may stop and start again.
+pub struct OwnHomeserver {
+    pub url: String,
+    dir: PathBuf,
+}
+
+impl OwnHomeserver {
+    pub fn start(name: &str) -> Self {
+        let url = start(&unique_name(name), &[]).url;
+        let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR"));
+        // `start` put it in CARGO_TARGET_TMPDIR/<name>-<pid>; find it by its URL.
+        let dir = std::fs::read_dir(dir)
+            .expect("target tmp dir")
+            .filter_map(Result::ok)
+            .map(|e| e.path())
+            .find(|p| std::fs::read_to_string(p.join("url")).is_ok_and(|u| u.trim() == url))
+            .expect("homeserver dir");
+        Self { url, dir }
+    }
+
+    pub fn stop(&self) {
+        run_script(&["stop"], &self.dir);
+    }
+
+    pub fn restart(&self) {
+        let pid = std::process::id().to_string();
+        run_script(&["start", "--watch-pid", &pid], &self.dir);
+    }
+}
+
+impl Drop for OwnHomeserver {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+fn run_script(args: &[&str], dir: &Path) {
+    let (command, rest) = args.split_first().expect("a command");
+    let output = Command::new(repo_root().join("contrib/synapse.sh"))
+        .arg(command)
+        .arg(dir)
+        .args(rest)
+        .output()
+        .expect("run contrib/synapse.sh");
+    assert!(
+        output.status.success(),
+        "contrib/synapse.sh {command} failed:\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+fn start_with_config(name: &str, options: &[&str], extra_config: &str) -> Homeserver {
     init_test_logging();
     let dir =
         PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("{name}-{}", std::process::id()));
@@ -49,6 +118,7 @@ fn start(name: &str, options: &[&str]) -> Homeserver {
         .arg("--watch-pid")
         .arg(std::process::id().to_string())
         .args(options)
+        .env("D2DFS_SYNAPSE_EXTRA_CONFIG", extra_config)
         .output()
         .expect("run contrib/synapse.sh");
     assert!(
