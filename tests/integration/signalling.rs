@@ -168,7 +168,19 @@ async fn offer_answer_candidates_complete() {
 
     // On the wire: exactly MSC2354 plus our select_answer, candidates batched with an
     // end-of-candidates marker — one candidates event per side.
-    let events = room_signalling(&p.alice, &p.room_id).await;
+    // The offerer's select_answer may still be in its outbox when the bytes are through.
+    let deadline = tokio::time::Instant::now() + WAIT;
+    let events = loop {
+        let events = room_signalling(&p.alice, &p.room_id).await;
+        if events.iter().any(|(kind, _)| kind == events::SELECT_ANSWER) {
+            break events;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no select_answer: {events:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
     let kinds: Vec<&str> = events.iter().map(|(k, _)| k.as_str()).collect();
     assert_eq!(
         kinds.iter().filter(|k| **k == events::INVITE).count(),
@@ -523,22 +535,28 @@ async fn encrypted_rooms_carry_encrypted_signalling_only() {
     wait_phase(&p.bob_engine, &id, Phase::Complete).await;
     assert_eq!(std::fs::read(&dest).unwrap(), data);
 
-    // What the homeserver saw: our events only as m.room.encrypted.
-    let types = wire_types(&p.bob, &p.room_id).await;
-    let d2d: Vec<&String> = types
-        .iter()
-        .filter(|t| t.starts_with("m.d2dfile."))
-        .collect();
-    assert_eq!(
-        d2d,
-        [events::INVITE],
-        "only the injected plaintext invite: {types:?}"
-    );
-    let encrypted = types.iter().filter(|t| *t == "m.room.encrypted").count();
-    assert!(
-        encrypted >= 5,
-        "invite, answer, 2 candidates, select_answer: {types:?}"
-    );
+    // What the homeserver saw: our events only as m.room.encrypted. (The offerer's
+    // select_answer may still be on its way when the receiver completes: poll.)
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let types = wire_types(&p.bob, &p.room_id).await;
+        let d2d: Vec<&String> = types
+            .iter()
+            .filter(|t| t.starts_with("m.d2dfile."))
+            .collect();
+        assert_eq!(
+            d2d,
+            [events::INVITE],
+            "only the injected plaintext invite: {types:?}"
+        );
+        let encrypted = types.iter().filter(|t| *t == "m.room.encrypted").count();
+        // invite, answer, two candidates events, select_answer
+        if encrypted >= 5 {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{types:?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread")]

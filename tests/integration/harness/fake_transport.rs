@@ -46,6 +46,15 @@ fn link(offer_id: u64) -> Option<Arc<Mutex<Link>>> {
 /// The connector tests hand to the engine.
 pub struct FakeConnector;
 
+/// Reports one local candidate, then the end of gathering.
+async fn gather(events: &mpsc::Sender<PeerEvent>, text: String) {
+    events
+        .send(PeerEvent::LocalCandidates(vec![candidate(text)]))
+        .await
+        .ok();
+    events.send(PeerEvent::GatheringComplete).await.ok();
+}
+
 fn candidate(text: String) -> Candidate {
     Candidate {
         candidate: text,
@@ -68,12 +77,7 @@ impl Connector for FakeConnector {
             .unwrap()
             .get_or_insert_with(HashMap::new)
             .insert(offer_id, link.clone());
-        tx.send(PeerEvent::LocalCandidates(vec![candidate(format!(
-            "candidate:fake offer {offer_id}"
-        ))]))
-        .await
-        .ok();
-        tx.send(PeerEvent::GatheringComplete).await.ok();
+        gather(&tx, format!("candidate:fake offer {offer_id}")).await;
         Ok(NewPeer {
             peer: Box::new(FakePeer {
                 offer_id,
@@ -101,12 +105,7 @@ impl Connector for FakeConnector {
                 heard_offerer: false,
             },
         );
-        tx.send(PeerEvent::LocalCandidates(vec![candidate(format!(
-            "candidate:fake answer {answer_id}"
-        ))]))
-        .await
-        .ok();
-        tx.send(PeerEvent::GatheringComplete).await.ok();
+        gather(&tx, format!("candidate:fake answer {answer_id}")).await;
         Ok(NewPeer {
             peer: Box::new(FakePeer {
                 offer_id,

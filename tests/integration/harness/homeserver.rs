@@ -36,11 +36,8 @@ pub fn homeserver() -> &'static Homeserver {
 /// event per 5 s), for tests that prove signalling copes with them.
 pub fn strict_homeserver() -> &'static Homeserver {
     STRICT_HOMESERVER.get_or_init(|| {
-        start_with_config(
-            "synapse-strict",
-            &["--default-ratelimits"],
-            STRICT_EXTRA_CONFIG,
-        )
+        let options = ["--default-ratelimits"];
+        start_with_config("synapse-strict", &options, STRICT_EXTRA_CONFIG).0
     })
 }
 
@@ -53,7 +50,7 @@ turn_user_lifetime: 1h
 "#;
 
 fn start(name: &str, options: &[&str]) -> Homeserver {
-    start_with_config(name, options, "")
+    start_with_config(name, options, "").0
 }
 
 /// A homeserver of one test's own, which the test may stop and start again.
@@ -64,25 +61,18 @@ pub struct OwnHomeserver {
 
 impl OwnHomeserver {
     pub fn start(name: &str) -> Self {
-        let url = start(&unique_name(name), &[]).url;
-        let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR"));
-        // `start` put it in CARGO_TARGET_TMPDIR/<name>-<pid>; find it by its URL.
-        let dir = std::fs::read_dir(dir)
-            .expect("target tmp dir")
-            .filter_map(Result::ok)
-            .map(|e| e.path())
-            .find(|p| std::fs::read_to_string(p.join("url")).is_ok_and(|u| u.trim() == url))
-            .expect("homeserver dir");
+        let (Homeserver { url }, dir) = start_with_config(&unique_name(name), &[], "");
         Self { url, dir }
     }
 
     pub fn stop(&self) {
-        run_script(&["stop"], &self.dir);
+        synapse_sh("stop", &self.dir, &[], "");
     }
 
+    /// Starts it again with its database and port.
     pub fn restart(&self) {
         let pid = std::process::id().to_string();
-        run_script(&["start", "--watch-pid", &pid], &self.dir);
+        synapse_sh("start", &self.dir, &["--watch-pid", &pid], "");
     }
 }
 
@@ -92,12 +82,13 @@ impl Drop for OwnHomeserver {
     }
 }
 
-fn run_script(args: &[&str], dir: &Path) {
-    let (command, rest) = args.split_first().expect("a command");
+/// Runs `contrib/synapse.sh COMMAND DIR OPTIONS…`; returns what it printed.
+fn synapse_sh(command: &str, dir: &Path, options: &[&str], extra_config: &str) -> String {
     let output = Command::new(repo_root().join("contrib/synapse.sh"))
         .arg(command)
         .arg(dir)
-        .args(rest)
+        .args(options)
+        .env("D2DFS_SYNAPSE_EXTRA_CONFIG", extra_config)
         .output()
         .expect("run contrib/synapse.sh");
     assert!(
@@ -105,33 +96,24 @@ fn run_script(args: &[&str], dir: &Path) {
         "contrib/synapse.sh {command} failed:\n{}",
         String::from_utf8_lossy(&output.stderr)
     );
+    String::from_utf8_lossy(&output.stdout).trim().to_owned()
 }
 
-fn start_with_config(name: &str, options: &[&str], extra_config: &str) -> Homeserver {
+/// Starts a homeserver in `CARGO_TARGET_TMPDIR/NAME-PID`; it stops when this process exits.
+fn start_with_config(name: &str, options: &[&str], extra_config: &str) -> (Homeserver, PathBuf) {
     init_test_logging();
     let dir =
         PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("{name}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
-    let output = Command::new(repo_root().join("contrib/synapse.sh"))
-        .arg("start")
-        .arg(&dir)
-        .arg("--watch-pid")
-        .arg(std::process::id().to_string())
-        .args(options)
-        .env("D2DFS_SYNAPSE_EXTRA_CONFIG", extra_config)
-        .output()
-        .expect("run contrib/synapse.sh");
-    assert!(
-        output.status.success(),
-        "contrib/synapse.sh start failed:\n{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    let url = String::from_utf8_lossy(&output.stdout).trim().to_owned();
+    let pid = std::process::id().to_string();
+    let mut all_options = vec!["--watch-pid", pid.as_str()];
+    all_options.extend_from_slice(options);
+    let url = synapse_sh("start", &dir, &all_options, extra_config);
     assert!(
         url.starts_with("http://"),
         "unexpected synapse.sh output {url:?}"
     );
-    Homeserver { url }
+    (Homeserver { url }, dir)
 }
 
 /// A name no other test of this run (or of an earlier run against the same server) uses.
