@@ -265,7 +265,7 @@ async fn unanswered_offers_expire() {
     let bob = TestUser::register("bob").await.client().await;
     let room_id = create_shared_room(&alice, &[&bob], private_room()).await;
     let short = EngineConfig {
-        lifetime: Duration::from_secs(3),
+        lifetime: Duration::from_secs(6),
         ..EngineConfig::default()
     };
     let alice_engine = start_engine(&alice, short);
