@@ -8,6 +8,7 @@
 //! - [`profile`]: where an account's state lives on disk.
 
 pub mod cli;
+pub mod hex;
 pub mod profile;
 pub mod signalling;
 pub mod transfer;

@@ -329,7 +329,7 @@ impl D2dEvent {
                     c[RANGE_KEY] = json!({ "version": RANGE_PROTOCOL_VERSION });
                 }
                 if let Some(digest) = &e.sha256 {
-                    c[SHA256_KEY] = json!(hex(digest));
+                    c[SHA256_KEY] = json!(crate::hex::encode(digest));
                 }
                 c
             }
@@ -465,20 +465,7 @@ fn extension_string(object: &Map<String, Value>, key: &str, max_len: usize) -> O
 }
 
 fn parse_sha256(value: &Value) -> Option<[u8; 32]> {
-    let text = value.as_str()?;
-    if text.len() != 64 || !text.is_ascii() {
-        return None;
-    }
-    let mut digest = [0u8; 32];
-    for (i, byte) in digest.iter_mut().enumerate() {
-        *byte = u8::from_str_radix(&text[2 * i..2 * i + 2], 16).ok()?;
-    }
-    Some(digest)
-}
-
-/// Lowercase hex of `bytes`.
-pub fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
+    crate::hex::decode(value.as_str()?)
 }
 
 fn truncate_chars(mut text: String, max_bytes: usize) -> String {

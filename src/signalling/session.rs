@@ -4,8 +4,6 @@
 //! [`crate::profile`]): same device id, same crypto store, so end-to-end encryption keeps working
 //! across restarts.
 
-use std::io::Read;
-
 use matrix_sdk::authentication::matrix::MatrixSession;
 use matrix_sdk::ruma::{OwnedDeviceId, OwnedUserId, UserId};
 use matrix_sdk::{Client, ClientBuildError, SessionMeta, SessionTokens, SqliteStoreConfig};
@@ -109,7 +107,7 @@ pub async fn login(profile: &Profile, request: &LoginRequest<'_>) -> Result<Acco
         user_id: response.user_id.to_string(),
         device_id: response.device_id.to_string(),
         access_token: response.access_token.clone(),
-        store_key: hex_encode(&store_key),
+        store_key: crate::hex::encode(&store_key),
     };
     profile.save_session(&session)?;
     // Device keys are uploaded by a task spawned at login; let it finish before we exit.
@@ -132,7 +130,7 @@ pub async fn restore(profile: &Profile) -> Result<Account, AccountError> {
         UserId::parse(&session.user_id).map_err(|e| corrupt(e.to_string()))?;
     let device_id: OwnedDeviceId = session.device_id.as_str().into();
     let url = Url::parse(&session.homeserver).map_err(|e| corrupt(e.to_string()))?;
-    let store_key = hex_decode_key(&session.store_key)
+    let store_key = crate::hex::decode(&session.store_key)
         .ok_or_else(|| corrupt("store_key is not 64 hex digits".to_owned()))?;
 
     let client = Client::builder()
@@ -237,39 +235,8 @@ fn store_config(profile: &Profile, key: &[u8; 32]) -> SqliteStoreConfig {
     SqliteStoreConfig::new(profile.store_dir()).key(Some(key))
 }
 
-fn random_store_key() -> std::io::Result<[u8; 32]> {
+fn random_store_key() -> Result<[u8; 32], getrandom::Error> {
     let mut key = [0u8; 32];
-    std::fs::File::open("/dev/urandom")?.read_exact(&mut key)?;
+    getrandom::fill(&mut key)?;
     Ok(key)
-}
-
-fn hex_encode(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-fn hex_decode_key(text: &str) -> Option<[u8; 32]> {
-    let bytes = text.as_bytes();
-    if bytes.len() != 64 {
-        return None;
-    }
-    let mut key = [0u8; 32];
-    for (i, pair) in bytes.chunks_exact(2).enumerate() {
-        let pair = std::str::from_utf8(pair).ok()?;
-        key[i] = u8::from_str_radix(pair, 16).ok()?;
-    }
-    Some(key)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn store_key_hex_round_trips() {
-        let key: [u8; 32] = std::array::from_fn(|i| (i * 7) as u8);
-        assert_eq!(hex_decode_key(&hex_encode(&key)), Some(key));
-        assert_eq!(hex_decode_key("00"), None);
-        assert_eq!(hex_decode_key(&"zz".repeat(32)), None);
-        assert_eq!(hex_decode_key(&"é".repeat(32)), None);
-    }
 }

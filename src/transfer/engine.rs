@@ -24,9 +24,10 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use super::lifecycle::{Action, OfferInfo, Party, Phase, Role, Transfer};
+use crate::hex;
 use crate::signalling::events::{
     Answer, Cancel, Candidate, Candidates, D2dEvent, FileInfo, Invite, SelectAnswer,
-    SessionDescription, hex,
+    SessionDescription,
 };
 use crate::signalling::sync::{self, IncomingEvent, OwnDevice, SyncOutput, now_ms};
 use crate::signalling::turn::TurnCache;
@@ -70,6 +71,8 @@ pub enum EngineError {
     Signalling(String),
     #[error(transparent)]
     Transport(#[from] crate::transport::TransportError),
+    #[error("the operating system gave no random numbers: {0}")]
+    Randomness(String),
 }
 
 /// A transfer as callers see it.
@@ -130,7 +133,7 @@ impl Entry {
             filename: t.offer.filename.clone(),
             size: t.offer.info.size,
             mimetype: t.offer.info.mimetype.clone(),
-            sha256: t.offer.sha256.as_ref().map(|d| hex(d)),
+            sha256: t.offer.sha256.as_ref().map(|d| hex::encode(d)),
             sender: t.offerer.user_id.clone(),
             peer: t.peer.as_ref().map(ToString::to_string),
             bytes_moved: self.bytes_moved.load(Ordering::Relaxed),
@@ -239,11 +242,9 @@ impl Engine {
         let mut list: Vec<_> = state
             .transfers
             .values()
+            // Offers to us that expired untaken vanish.
             .filter(|entry| {
-                // Offers to us that were never taken vanish when they end.
-                entry.transfer.role == Role::Sending
-                    || entry.transfer.is_live()
-                    || entry.transfer.phase != Phase::Expired
+                entry.transfer.role == Role::Sending || entry.transfer.phase != Phase::Expired
             })
             .map(Entry::snapshot)
             .collect();
@@ -305,7 +306,7 @@ impl Engine {
             })?;
         let ice = self.inner.turn.get().await;
         let NewPeer { peer, sdp, events } = self.inner.connector.offer(&ice).await?;
-        let transfer_id = new_transfer_id();
+        let transfer_id = new_transfer_id()?;
         let lifetime_ms = self.inner.config.lifetime.as_millis() as u64;
         let offer = OfferInfo {
             filename: filename.to_owned(),
@@ -934,7 +935,7 @@ async fn receive_file(
         }
         file.sync_all().await.map_err(|e| e.to_string())?;
         if let Some(expected) = sha256
-            && hex(&hasher.finalize()) != expected
+            && hex::encode(&hasher.finalize()) != expected
         {
             return Err(
                 "sha256 mismatch: the received file differs from the offered one".to_owned(),
@@ -1012,21 +1013,10 @@ async fn file_sha256(path: &Path) -> std::io::Result<[u8; 32]> {
 }
 
 /// A fresh transfer id: 128 random bits, hex.
-fn new_transfer_id() -> String {
+fn new_transfer_id() -> Result<String, EngineError> {
     let mut bytes = [0u8; 16];
-    if let Ok(mut urandom) = std::fs::File::open("/dev/urandom") {
-        use std::io::Read;
-        let _ = urandom.read_exact(&mut bytes);
-    }
-    if bytes == [0; 16] {
-        // No /dev/urandom: the clock is unique enough for an id (not a secret).
-        bytes[..16].copy_from_slice(
-            &u128::from(now_ms())
-                .wrapping_mul(0x9e37_79b9_7f4a_7c15)
-                .to_le_bytes(),
-        );
-    }
-    hex(&bytes)
+    getrandom::fill(&mut bytes).map_err(|e| EngineError::Randomness(e.to_string()))?;
+    Ok(hex::encode(&bytes))
 }
 
 /// A mimetype from the file name's extension.

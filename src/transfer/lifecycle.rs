@@ -239,10 +239,15 @@ impl Transfer {
 
     /// This device ends the transfer (`rm`, Ctrl-C, unmount).
     pub fn cancel_locally(&mut self, reason: &str) -> Vec<Action> {
+        self.end_and_tell_peer(Phase::Cancelled, reason)
+    }
+
+    /// Ends a live transfer from this side: the peer gets a cancel with `reason`.
+    fn end_and_tell_peer(&mut self, phase: Phase, reason: &str) -> Vec<Action> {
         if !self.is_live() {
             return Vec::new();
         }
-        self.end(Phase::Cancelled, reason);
+        self.end(phase, reason);
         vec![
             Action::SendCancel {
                 reason: reason.to_owned(),
@@ -407,16 +412,7 @@ impl Transfer {
 
     /// The connection failed for good.
     pub fn on_failed(&mut self, reason: &str) -> Vec<Action> {
-        if !self.is_live() {
-            return Vec::new();
-        }
-        self.end(Phase::Failed, reason);
-        vec![
-            Action::SendCancel {
-                reason: reason.to_owned(),
-            },
-            Action::Close,
-        ]
+        self.end_and_tell_peer(Phase::Failed, reason)
     }
 }
 
