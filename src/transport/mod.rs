@@ -9,6 +9,8 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use tokio::sync::mpsc;
 
+pub mod webrtc;
+
 use crate::signalling::events::Candidate;
 use crate::signalling::turn::IceServers;
 

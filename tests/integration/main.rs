@@ -5,3 +5,4 @@ mod harness;
 mod accounts;
 mod man_pages;
 mod signalling;
+mod transport;

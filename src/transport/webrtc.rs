@@ -1,0 +1,331 @@
+//! The [`Connector`] over webrtc-rs 0.21: one peer connection and one reliable, ordered data
+//! channel per transfer and side.
+//!
+//! Facts this relies on (see the project's webrtc notes):
+//! - webrtc-rs skips loopback and link-local interfaces when bound to `0.0.0.0`, so the default
+//!   binds `127.0.0.1` as well: two d2dfs processes on one machine must find each other.
+//! - Pausing on buffered-amount events does not bound memory; a per-channel send-buffer limit
+//!   with `send().await` does, and is what gives the sender backpressure.
+//! - Event-handler callbacks run on the connection's driver: they only forward, never wait.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::{Bytes, BytesMut};
+use tokio::sync::mpsc;
+use tracing::{debug, warn};
+use webrtc::data_channel::{DataChannel, DataChannelEvent, RTCDataChannelInit};
+use webrtc::peer_connection::{
+    PeerConnection, PeerConnectionBuilder, PeerConnectionEventHandler, RTCConfigurationBuilder,
+    RTCIceCandidateInit, RTCIceGatheringState, RTCIceServer, RTCIceTransportPolicy,
+    RTCPeerConnectionIceEvent, RTCPeerConnectionState, RTCSessionDescription,
+};
+
+use super::{Channel, Connector, NewPeer, Peer, PeerEvent, TransportError};
+use crate::signalling::events::Candidate;
+use crate::signalling::turn::IceServers;
+
+/// Label of the one data channel the offerer opens.
+pub const CHANNEL_LABEL: &str = "d2dfs";
+
+/// How a [`WebRtcConnector`] makes connections.
+#[derive(Debug, Clone)]
+pub struct WebRtcConfig {
+    /// Local UDP addresses to gather host candidates on.
+    pub udp_addrs: Vec<String>,
+    /// Use TURN relays only (tests prove the relayed path with it).
+    pub relay_only: bool,
+    /// Bytes a data channel may hold unsent before `send` waits.
+    pub send_buffer_limit: usize,
+    /// How long to wait for candidates before the description is sent (the rest trickle).
+    pub gathering_wait: Duration,
+}
+
+impl Default for WebRtcConfig {
+    fn default() -> Self {
+        Self {
+            udp_addrs: vec!["0.0.0.0:0".to_owned(), "127.0.0.1:0".to_owned()],
+            relay_only: false,
+            send_buffer_limit: 4 << 20,
+            gathering_wait: Duration::from_millis(500),
+        }
+    }
+}
+
+/// Makes webrtc-rs peer connections.
+#[derive(Debug, Clone, Default)]
+pub struct WebRtcConnector {
+    config: WebRtcConfig,
+}
+
+impl WebRtcConnector {
+    pub fn new(config: WebRtcConfig) -> Self {
+        Self { config }
+    }
+
+    async fn build(
+        &self,
+        ice: &IceServers,
+        events: mpsc::Sender<PeerEvent>,
+    ) -> Result<(Arc<dyn PeerConnection>, mpsc::Receiver<()>), TransportError> {
+        let mut configuration = RTCConfigurationBuilder::new();
+        if !ice.is_empty() {
+            configuration = configuration.with_ice_servers(vec![RTCIceServer {
+                urls: ice.uris.clone(),
+                username: ice.username.clone(),
+                credential: ice.credential.clone(),
+            }]);
+        }
+        if self.config.relay_only {
+            configuration = configuration.with_ice_transport_policy(RTCIceTransportPolicy::Relay);
+        }
+        let (gathered_tx, gathered_rx) = mpsc::channel(1);
+        let handler = Arc::new(Handler {
+            events,
+            gathered: gathered_tx,
+        });
+        let peer = PeerConnectionBuilder::new()
+            .with_configuration(configuration.build())
+            .with_handler(handler)
+            .with_udp_addrs(self.config.udp_addrs.clone())
+            .with_data_channel_send_buffer_limit(self.config.send_buffer_limit)
+            .build()
+            .await
+            .map_err(other)?;
+        Ok((Arc::new(peer), gathered_rx))
+    }
+
+    /// Waits (briefly) for gathering, then returns the local description's SDP.
+    async fn local_sdp(
+        &self,
+        peer: &Arc<dyn PeerConnection>,
+        mut gathered: mpsc::Receiver<()>,
+    ) -> Result<String, TransportError> {
+        let _ = tokio::time::timeout(self.config.gathering_wait, gathered.recv()).await;
+        peer.local_description()
+            .await
+            .map(|description| description.sdp)
+            .ok_or_else(|| TransportError::Other("no local description".to_owned()))
+    }
+}
+
+fn other(error: impl std::fmt::Display) -> TransportError {
+    TransportError::Other(error.to_string())
+}
+
+#[async_trait]
+impl Connector for WebRtcConnector {
+    async fn offer(&self, ice: &IceServers) -> Result<NewPeer, TransportError> {
+        let (events_tx, events_rx) = mpsc::channel(64);
+        let (peer, gathered) = self.build(ice, events_tx.clone()).await?;
+        let channel = peer
+            .create_data_channel(CHANNEL_LABEL, Some(RTCDataChannelInit::default()))
+            .await
+            .map_err(other)?;
+        tokio::spawn(announce_when_open(channel, events_tx));
+        let offer = peer.create_offer(None).await.map_err(other)?;
+        peer.set_local_description(offer).await.map_err(other)?;
+        let sdp = self.local_sdp(&peer, gathered).await?;
+        Ok(NewPeer {
+            peer: Box::new(WebRtcPeer { peer }),
+            sdp,
+            events: events_rx,
+        })
+    }
+
+    async fn answer(&self, ice: &IceServers, offer_sdp: &str) -> Result<NewPeer, TransportError> {
+        let offer = RTCSessionDescription::offer(offer_sdp.to_owned())
+            .map_err(|e| TransportError::BadDescription(e.to_string()))?;
+        let (events_tx, events_rx) = mpsc::channel(64);
+        let (peer, gathered) = self.build(ice, events_tx).await?;
+        peer.set_remote_description(offer)
+            .await
+            .map_err(|e| TransportError::BadDescription(e.to_string()))?;
+        let answer = peer.create_answer(None).await.map_err(other)?;
+        peer.set_local_description(answer).await.map_err(other)?;
+        let sdp = self.local_sdp(&peer, gathered).await?;
+        Ok(NewPeer {
+            peer: Box::new(WebRtcPeer { peer }),
+            sdp,
+            events: events_rx,
+        })
+    }
+}
+
+/// Forwards what the connection reports; never waits on the driver.
+struct Handler {
+    events: mpsc::Sender<PeerEvent>,
+    gathered: mpsc::Sender<()>,
+}
+
+#[async_trait]
+impl PeerConnectionEventHandler for Handler {
+    async fn on_ice_candidate(&self, event: RTCPeerConnectionIceEvent) {
+        match event.candidate.to_json() {
+            Ok(init) => {
+                let candidate = Candidate {
+                    candidate: init.candidate,
+                    sdp_mid: init.sdp_mid,
+                    sdp_mline_index: init.sdp_mline_index,
+                };
+                let _ = self
+                    .events
+                    .try_send(PeerEvent::LocalCandidates(vec![candidate]));
+            }
+            Err(error) => debug!(%error, "local candidate not representable"),
+        }
+    }
+
+    async fn on_ice_gathering_state_change(&self, state: RTCIceGatheringState) {
+        if state == RTCIceGatheringState::Complete {
+            let _ = self.gathered.try_send(());
+            let _ = self.events.try_send(PeerEvent::GatheringComplete);
+        }
+    }
+
+    async fn on_connection_state_change(&self, state: RTCPeerConnectionState) {
+        debug!(%state, "peer connection state");
+        if state == RTCPeerConnectionState::Failed {
+            let _ = self.events.try_send(PeerEvent::Failed(
+                "the peer connection failed (ICE or DTLS)".to_owned(),
+            ));
+        }
+    }
+
+    async fn on_data_channel(&self, channel: Arc<dyn DataChannel>) {
+        tokio::spawn(announce_when_open(channel, self.events.clone()));
+    }
+}
+
+/// Reports `Connected` once `channel` opens (or `Failed` if it closes first).
+async fn announce_when_open(channel: Arc<dyn DataChannel>, events: mpsc::Sender<PeerEvent>) {
+    loop {
+        match channel.poll().await {
+            Some(DataChannelEvent::OnOpen) => {
+                let _ = events
+                    .send(PeerEvent::Connected(Box::new(WebRtcChannel::open(channel))))
+                    .await;
+                return;
+            }
+            Some(DataChannelEvent::OnClose) | None => {
+                let _ = events
+                    .send(PeerEvent::Failed(
+                        "the data channel closed before it opened".to_owned(),
+                    ))
+                    .await;
+                return;
+            }
+            Some(_) => {}
+        }
+    }
+}
+
+struct WebRtcPeer {
+    peer: Arc<dyn PeerConnection>,
+}
+
+#[async_trait]
+impl Peer for WebRtcPeer {
+    async fn set_answer(&self, sdp: &str) -> Result<(), TransportError> {
+        let answer = RTCSessionDescription::answer(sdp.to_owned())
+            .map_err(|e| TransportError::BadDescription(e.to_string()))?;
+        self.peer
+            .set_remote_description(answer)
+            .await
+            .map_err(|e| TransportError::BadDescription(e.to_string()))
+    }
+
+    async fn add_candidates(&self, candidates: &[Candidate]) -> Result<(), TransportError> {
+        for candidate in candidates.iter().filter(|c| !c.is_end_of_candidates()) {
+            let init = RTCIceCandidateInit {
+                candidate: candidate.candidate.clone(),
+                sdp_mid: candidate.sdp_mid.clone(),
+                sdp_mline_index: candidate.sdp_mline_index,
+                ..RTCIceCandidateInit::default()
+            };
+            if let Err(error) = self.peer.add_ice_candidate(init).await {
+                // One bad candidate (or one already in the SDP) must not spoil the others.
+                debug!(%error, candidate = %candidate.candidate, "remote candidate refused");
+            }
+        }
+        Ok(())
+    }
+
+    async fn close(&self) {
+        if let Err(error) = self.peer.close().await {
+            warn!(%error, "closing the peer connection");
+        }
+    }
+}
+
+/// An open data channel. A pump task keeps polling it (webrtc-rs stalls its driver when
+/// events are not consumed) and hands messages over through a bounded queue, which is what
+/// pushes back on a fast sender when this side reads slowly.
+struct WebRtcChannel {
+    channel: Arc<dyn DataChannel>,
+    incoming: mpsc::Receiver<Result<Bytes, TransportError>>,
+}
+
+/// Messages queued between the pump and the reader.
+const INCOMING_QUEUE: usize = 64;
+/// Longest wait for the peer to acknowledge everything sent before a close.
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(60);
+
+impl WebRtcChannel {
+    fn open(channel: Arc<dyn DataChannel>) -> Self {
+        let (tx, incoming) = mpsc::channel(INCOMING_QUEUE);
+        tokio::spawn(pump(channel.clone(), tx));
+        Self { channel, incoming }
+    }
+}
+
+async fn pump(channel: Arc<dyn DataChannel>, tx: mpsc::Sender<Result<Bytes, TransportError>>) {
+    while let Some(event) = channel.poll().await {
+        let forwarded = match event {
+            DataChannelEvent::OnMessage(message) => tx.send(Ok(message.data.freeze())).await,
+            DataChannelEvent::OnError => {
+                tx.send(Err(TransportError::ConnectionFailed(
+                    "data channel error".to_owned(),
+                )))
+                .await
+            }
+            DataChannelEvent::OnClose => return,
+            _ => Ok(()),
+        };
+        if forwarded.is_err() {
+            return;
+        }
+    }
+}
+
+#[async_trait]
+impl Channel for WebRtcChannel {
+    async fn send(&mut self, message: Bytes) -> Result<(), TransportError> {
+        self.channel
+            .send(BytesMut::from(&message[..]))
+            .await
+            .map_err(|e| TransportError::ConnectionFailed(e.to_string()))
+    }
+
+    async fn recv(&mut self) -> Option<Result<Bytes, TransportError>> {
+        self.incoming.recv().await
+    }
+
+    /// Closes once the peer acknowledged every byte sent: closing earlier would let the
+    /// connection's teardown overtake data still in flight.
+    async fn close(&mut self) -> Result<(), TransportError> {
+        let drained = async {
+            loop {
+                match self.channel.outstanding_bytes().await {
+                    Ok(0) | Err(_) => return,
+                    Ok(_) => tokio::time::sleep(Duration::from_millis(10)).await,
+                }
+            }
+        };
+        tokio::time::timeout(CLOSE_TIMEOUT, drained)
+            .await
+            .map_err(|_| TransportError::Other("the peer stopped acknowledging data".to_owned()))?;
+        self.channel.close().await.map_err(other)
+    }
+}
