@@ -20,3 +20,11 @@ if [ ${#missing[@]} -gt 0 ]; then
 fi
 
 contrib/synapse.sh install
+
+# aiortc: the independent MSC2354 peer the interoperability tests run (tests/peers/).
+aiortc_venv=${D2DFS_AIORTC_VENV:-${XDG_CACHE_HOME:-$HOME/.cache}/d2dfs/aiortc-venv}
+if ! "$aiortc_venv/bin/python" -c 'import aiortc' 2>/dev/null; then
+    echo "setup: installing aiortc into $aiortc_venv" >&2
+    python3 -m venv "$aiortc_venv"
+    "$aiortc_venv/bin/pip" install --quiet --disable-pip-version-check aiortc >&2
+fi

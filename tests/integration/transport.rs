@@ -75,3 +75,102 @@ async fn stream_mode_between_two_webrtc_peers() {
         .expect("sender ended");
     assert_eq!(sent.phase, Phase::Complete, "{sent:?}");
 }
+
+fn payload(len: u32) -> Vec<u8> {
+    (0..len)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 24) as u8)
+        .collect()
+}
+
+/// A private, unencrypted room (the plain peer does no E2EE) shared by `a` and `b`.
+async fn plain_room(a: &Client, b: &Client) -> matrix_sdk::ruma::OwnedRoomId {
+    create_shared_room(
+        a,
+        &[b],
+        RoomSpec {
+            name: "interop",
+            encrypted: false,
+            public: false,
+        },
+    )
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn stream_mode_to_a_plain_aiortc_peer() {
+    let alice = TestUser::register("alice").await.client().await;
+    let plain = TestUser::register("plain").await;
+    let room_id = plain_room(&alice, &plain.client().await).await;
+    let alice_engine = loopback_engine(&alice);
+    alice_engine.wait_synced().await;
+
+    let dir = tempfile::tempdir().unwrap();
+    let data = payload(2_000_000);
+    let path = dir.path().join("to-aiortc.bin");
+    std::fs::write(&path, &data).unwrap();
+    let id = alice_engine
+        .offer_file(&room_id, &path, "to-aiortc.bin")
+        .await
+        .unwrap();
+
+    let out = dir.path().join("aiortc-got.bin");
+    crate::harness::aiortc::run_peer(&plain, room_id.as_str(), "recv", &out).await;
+    assert_eq!(std::fs::read(&out).unwrap(), data);
+    let sent = alice_engine
+        .wait_for(Duration::from_secs(60), |t| {
+            t.transfer_id == id && t.phase.is_final()
+        })
+        .await
+        .expect("sender ended");
+    assert_eq!(sent.phase, Phase::Complete, "{sent:?}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn stream_mode_from_a_plain_aiortc_peer() {
+    let bob = TestUser::register("bob").await.client().await;
+    let plain = TestUser::register("plain").await;
+    let room_id = plain_room(&bob, &plain.client().await).await;
+    let bob_engine = loopback_engine(&bob);
+    bob_engine.wait_synced().await;
+
+    let dir = tempfile::tempdir().unwrap();
+    let data = payload(2_000_000);
+    let path = dir.path().join("from-aiortc.bin");
+    std::fs::write(&path, &data).unwrap();
+    let sender = {
+        let plain = plain.clone();
+        let room = room_id.to_string();
+        let path = path.clone();
+        tokio::spawn(
+            async move { crate::harness::aiortc::run_peer(&plain, &room, "send", &path).await },
+        )
+    };
+    let offer = bob_engine
+        .wait_for(Duration::from_secs(60), |t| {
+            t.sender == plain.user_id.as_str() && t.phase == Phase::Offered
+        })
+        .await
+        .expect("the plain peer's offer");
+    assert_eq!(
+        (offer.filename.as_str(), offer.size),
+        ("from-aiortc.bin", 2_000_000)
+    );
+    assert!(
+        offer.sha256.is_none() && !offer.range,
+        "a plain peer advertises no extension"
+    );
+    let dest = dir.path().join("received.bin");
+    bob_engine
+        .accept_to_file(&offer.transfer_id, &dest)
+        .await
+        .unwrap();
+    let done = bob_engine
+        .wait_for(Duration::from_secs(90), |t| {
+            t.transfer_id == offer.transfer_id && t.phase.is_final()
+        })
+        .await
+        .expect("transfer ended");
+    assert_eq!(done.phase, Phase::Complete, "{done:?}");
+    assert_eq!(std::fs::read(&dest).unwrap(), data);
+    sender.await.unwrap();
+}

@@ -1,5 +1,6 @@
 //! Real parts for integration tests: a Synapse homeserver, registered users, the d2dfs binary.
 
+pub mod aiortc;
 pub mod cli;
 pub mod fake_transport;
 pub mod homeserver;
