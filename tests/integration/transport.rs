@@ -174,3 +174,78 @@ async fn stream_mode_from_a_plain_aiortc_peer() {
     assert_eq!(std::fs::read(&dest).unwrap(), data);
     sender.await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn relay_only_through_a_real_turn_server() {
+    let turn = crate::harness::turn::Coturn::start();
+    let server = crate::harness::homeserver::OwnHomeserver::start_with_config(
+        "synapse-turn",
+        &turn.synapse_config(),
+    );
+    let alice = TestUser::register_on(&server.url, "alice")
+        .await
+        .client()
+        .await;
+    let bob = TestUser::register_on(&server.url, "bob")
+        .await
+        .client()
+        .await;
+    let room_id = plain_room(&alice, &bob).await;
+    let relay_engine = |client: &Client| {
+        let me = OwnDevice {
+            user_id: client.user_id().unwrap().to_owned(),
+            device_id: client.device_id().unwrap().to_owned(),
+        };
+        let connector = WebRtcConnector::new(WebRtcConfig {
+            udp_addrs: vec!["127.0.0.1:0".to_owned()],
+            relay_only: true,
+            gathering_wait: Duration::from_secs(2),
+            ..WebRtcConfig::default()
+        });
+        Engine::start(
+            client.clone(),
+            me,
+            Arc::new(connector),
+            EngineConfig::default(),
+        )
+    };
+    let alice_engine = relay_engine(&alice);
+    let bob_engine = relay_engine(&bob);
+    bob_engine.wait_synced().await;
+
+    let dir = tempfile::tempdir().unwrap();
+    let data = payload(1_000_000);
+    let path = dir.path().join("relayed.bin");
+    std::fs::write(&path, &data).unwrap();
+    let id = alice_engine
+        .offer_file(&room_id, &path, "relayed.bin")
+        .await
+        .unwrap();
+    bob_engine
+        .wait_for(Duration::from_secs(60), |t| {
+            t.transfer_id == id && t.phase == Phase::Offered
+        })
+        .await
+        .expect("offer seen");
+    let dest = dir.path().join("out.bin");
+    bob_engine.accept_to_file(&id, &dest).await.unwrap();
+    let done = bob_engine
+        .wait_for(Duration::from_secs(90), |t| {
+            t.transfer_id == id && t.phase.is_final()
+        })
+        .await
+        .expect("transfer ended");
+    assert_eq!(
+        done.phase,
+        Phase::Complete,
+        "{done:?}\ncoturn log:\n{}",
+        turn.log()
+    );
+    assert_eq!(std::fs::read(&dest).unwrap(), data);
+    // Relay-only ICE can only have used TURN allocations; coturn saw them.
+    let log = turn.log();
+    assert!(
+        log.contains("ALLOCATE"),
+        "no allocation in coturn's log:\n{log}"
+    );
+}

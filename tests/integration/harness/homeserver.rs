@@ -61,7 +61,12 @@ pub struct OwnHomeserver {
 
 impl OwnHomeserver {
     pub fn start(name: &str) -> Self {
-        let (Homeserver { url }, dir) = start_with_config(&unique_name(name), &[], "");
+        Self::start_with_config(name, "")
+    }
+
+    /// Starts one with `extra_config` appended to its homeserver.yaml.
+    pub fn start_with_config(name: &str, extra_config: &str) -> Self {
+        let (Homeserver { url }, dir) = start_with_config(&unique_name(name), &[], extra_config);
         Self { url, dir }
     }
 

@@ -4,4 +4,5 @@ pub mod aiortc;
 pub mod cli;
 pub mod fake_transport;
 pub mod homeserver;
+pub mod turn;
 pub mod users;
