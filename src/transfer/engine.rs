@@ -24,6 +24,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use super::lifecycle::{Action, OfferInfo, Party, Phase, Role, Transfer};
+use super::range::{self, RangeClient, RangeSource};
 use crate::hex;
 use crate::signalling::events::{
     Answer, Cancel, Candidate, Candidates, D2dEvent, FileInfo, Invite, SelectAnswer,
@@ -62,6 +63,8 @@ pub enum EngineError {
     NoSuchTransfer(String),
     #[error("transfer {0} can no longer be accepted")]
     NotAcceptable(String),
+    #[error("the sender of {0} does not speak the range protocol")]
+    NoRangeMode(String),
     #[error("cannot read {path}: {error}")]
     Source {
         path: PathBuf,
@@ -94,7 +97,10 @@ pub struct TransferSnapshot {
     pub origin_server_ts: u64,
     pub expires_at_ms: u64,
     pub reason: Option<String>,
+    /// Range mode is in use (both sides speak it).
     pub range: bool,
+    /// The offerer advertised range mode.
+    pub offer_range: bool,
 }
 
 /// Commands to a transfer's peer task.
@@ -110,6 +116,8 @@ enum DataJob {
     SendFile(PathBuf),
     /// Keep what arrives in `part`, renamed to `dest` once complete and checked.
     ReceiveFile { dest: PathBuf },
+    /// Ask for ranges on behalf of a [`RangeSource`].
+    ReceiveRanges(RangeClient),
 }
 
 struct Entry {
@@ -141,6 +149,7 @@ impl Entry {
             expires_at_ms: t.expires_at_ms,
             reason: t.reason.clone(),
             range: t.range,
+            offer_range: t.offer.range,
         }
     }
 }
@@ -315,7 +324,7 @@ impl Engine {
                 size: metadata.len(),
             },
             sha256: Some(sha256),
-            range: false,
+            range: true,
             origin_server_ts: now_ms(),
             lifetime_ms,
         };
@@ -395,8 +404,37 @@ impl Engine {
         self.offer_file(&room_id, &path, &filename).await
     }
 
-    /// Accepts an offer made to us and stores the file at `dest` once complete.
+    /// Accepts an offer made to us and stores the file at `dest` once complete (MSC2354's
+    /// stream: works with every peer).
     pub async fn accept_to_file(&self, transfer_id: &str, dest: &Path) -> Result<(), EngineError> {
+        let job = DataJob::ReceiveFile {
+            dest: dest.to_owned(),
+        };
+        self.accept(transfer_id, false, job).await
+    }
+
+    /// Accepts an offer in range mode: the returned source fetches any byte range on demand.
+    /// The transfer completes when every clone of the source is dropped.
+    pub async fn accept_ranges(&self, transfer_id: &str) -> Result<RangeSource, EngineError> {
+        let (size, offers_range) = self
+            .transfer(transfer_id)
+            .map(|t| (t.size, t.offer_range))
+            .ok_or_else(|| EngineError::NoSuchTransfer(transfer_id.to_owned()))?;
+        if !offers_range {
+            return Err(EngineError::NoRangeMode(transfer_id.to_owned()));
+        }
+        let (source, client) = range::client(size);
+        self.accept(transfer_id, true, DataJob::ReceiveRanges(client))
+            .await?;
+        Ok(source)
+    }
+
+    async fn accept(
+        &self,
+        transfer_id: &str,
+        range: bool,
+        job: DataJob,
+    ) -> Result<(), EngineError> {
         // The command channel exists from the moment we answer: candidates that arrive while
         // the peer is being made queue there instead of being lost.
         let (commands_tx, commands_rx) = mpsc::unbounded_channel();
@@ -406,7 +444,7 @@ impl Engine {
                 .transfers
                 .get_mut(transfer_id)
                 .ok_or_else(|| EngineError::NoSuchTransfer(transfer_id.to_owned()))?;
-            if !entry.transfer.accept(self.party(), false, now_ms()) {
+            if !entry.transfer.accept(self.party(), range, now_ms()) {
                 return Err(EngineError::NotAcceptable(transfer_id.to_owned()));
             }
             let pending = entry.transfer.take_pending_candidates();
@@ -446,7 +484,7 @@ impl Engine {
                     sdp,
                 },
                 party_id: self.party().party_id,
-                range: false,
+                range,
             }),
         );
         tokio::spawn(self.clone().drive_peer(
@@ -455,9 +493,7 @@ impl Engine {
             peer,
             events,
             commands_rx,
-            DataJob::ReceiveFile {
-                dest: dest.to_owned(),
-            },
+            job,
             bytes_moved,
         ));
         Ok(())
@@ -847,7 +883,14 @@ impl Engine {
         bytes_moved: Arc<AtomicU64>,
     ) {
         let result = match job {
-            DataJob::SendFile(path) => send_file(&mut *channel, &path, &bytes_moved).await,
+            DataJob::SendFile(path) => match self.transfer(&transfer_id) {
+                Some(t) if t.range => {
+                    range::serve(&mut *channel, &path, t.size, &bytes_moved).await
+                }
+                Some(_) => send_file(&mut *channel, &path, &bytes_moved).await,
+                None => return,
+            },
+            DataJob::ReceiveRanges(client) => client.run(&mut *channel, &bytes_moved).await,
             DataJob::ReceiveFile { dest } => {
                 let (size, sha256) = match self.transfer(&transfer_id) {
                     Some(t) => (t.size, t.sha256),

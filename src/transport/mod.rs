@@ -9,6 +9,7 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use tokio::sync::mpsc;
 
+pub mod frames;
 pub mod webrtc;
 
 use crate::signalling::events::Candidate;

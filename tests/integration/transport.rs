@@ -249,3 +249,104 @@ async fn relay_only_through_a_real_turn_server() {
         "no allocation in coturn's log:\n{log}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn range_mode_between_two_webrtc_peers() {
+    use d2dfs::transfer::range::RangeError;
+
+    let alice = TestUser::register("alice").await.client().await;
+    let bob = TestUser::register("bob").await.client().await;
+    let room_id = plain_room(&alice, &bob).await;
+    let alice_engine = loopback_engine(&alice);
+    let bob_engine = loopback_engine(&bob);
+
+    let dir = tempfile::tempdir().unwrap();
+    let data = payload(5_000_000);
+    let path = dir.path().join("ranges.bin");
+    std::fs::write(&path, &data).unwrap();
+    let id = alice_engine
+        .offer_file(&room_id, &path, "ranges.bin")
+        .await
+        .unwrap();
+    let offer = bob_engine
+        .wait_for(Duration::from_secs(60), |t| {
+            t.transfer_id == id && t.phase == Phase::Offered
+        })
+        .await
+        .expect("offer seen");
+    assert!(offer.offer_range, "d2dfs offers advertise range mode");
+    let source = bob_engine.accept_ranges(&id).await.unwrap();
+
+    // Scattered, overlapping and concurrent reads, including the very end of the file.
+    let ranges: Vec<(u64, u64)> = vec![
+        (3_900_000, 1 << 20),
+        (0, 1),
+        (123_457, 65_520),
+        (123_457, 65_521),
+        (4_999_999, 1),
+        (2_500_000, 777_777),
+        (0, 1 << 20),
+    ];
+    let fetches = ranges.iter().map(|&(offset, length)| {
+        let source = source.clone();
+        async move { (offset, length, source.fetch(offset, length).await) }
+    });
+    for (offset, length, got) in futures_join(fetches).await {
+        let got = got.unwrap_or_else(|e| panic!("{offset}+{length}: {e}"));
+        assert_eq!(&got[..], &data[offset as usize..(offset + length) as usize]);
+    }
+    // Outside the file: refused, and the connection goes on.
+    assert!(matches!(
+        source.fetch(4_999_999, 2).await,
+        Err(RangeError::Refused(_))
+    ));
+    assert!(matches!(
+        source.fetch(5_000_000, 1).await,
+        Err(RangeError::Refused(_))
+    ));
+    assert!(matches!(
+        source.fetch(u64::MAX, 1).await,
+        Err(RangeError::Overflow)
+    ));
+    assert!(matches!(
+        source.fetch(0, 1 << 40).await,
+        Err(RangeError::TooLarge(_))
+    ));
+    assert_eq!(&source.fetch(10, 10).await.unwrap()[..], &data[10..20]);
+
+    let snapshot = bob_engine.transfer(&id).unwrap();
+    assert!(snapshot.range, "both sides speak range mode");
+    drop(source);
+    let done = bob_engine
+        .wait_for(Duration::from_secs(60), |t| {
+            t.transfer_id == id && t.phase.is_final()
+        })
+        .await
+        .expect("receiver ended");
+    assert_eq!(done.phase, Phase::Complete, "{done:?}");
+    let sent = alice_engine
+        .wait_for(Duration::from_secs(60), |t| {
+            t.transfer_id == id && t.phase.is_final()
+        })
+        .await
+        .expect("sender ended");
+    assert_eq!(sent.phase, Phase::Complete, "{sent:?}");
+    // Only what was asked for moved: far less than the file.
+    let asked: u64 = ranges.iter().map(|r| r.1).sum::<u64>() + 10;
+    assert_eq!(sent.bytes_moved, asked);
+}
+
+/// Runs futures concurrently and collects their outputs in order.
+async fn futures_join<F: std::future::Future + Send + 'static>(
+    futures: impl IntoIterator<Item = F>,
+) -> Vec<F::Output>
+where
+    F::Output: Send + 'static,
+{
+    let handles: Vec<_> = futures.into_iter().map(tokio::spawn).collect();
+    let mut outputs = Vec::new();
+    for handle in handles {
+        outputs.push(handle.await.unwrap());
+    }
+    outputs
+}
