@@ -350,3 +350,57 @@ where
     }
     outputs
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_reader_that_stops_stops_the_sender() {
+    use bytes::Bytes;
+    use d2dfs::transport::webrtc::DirectPair;
+    use std::sync::atomic::{AtomicU64, Ordering};
+
+    let connector = WebRtcConnector::new(WebRtcConfig {
+        udp_addrs: vec!["127.0.0.1:0".to_owned()],
+        ..WebRtcConfig::default()
+    });
+    let pair = DirectPair::connect(&connector, &connector).await.unwrap();
+    let (mut sender, mut receiver) = (pair.offerer, pair.answerer);
+    const TOTAL: u64 = 64 << 20;
+    const MESSAGE: usize = 16 * 1024;
+    let sent = Arc::new(AtomicU64::new(0));
+    let writer = {
+        let sent = sent.clone();
+        tokio::spawn(async move {
+            let block = Bytes::from(vec![7u8; MESSAGE]);
+            while sent.load(Ordering::Relaxed) < TOTAL {
+                sender.send(block.clone()).await.unwrap();
+                sent.fetch_add(MESSAGE as u64, Ordering::Relaxed);
+            }
+            sender.close().await.unwrap();
+        })
+    };
+    // Nobody reads: the sender must come to a halt, far short of the whole file.
+    let mut last = u64::MAX;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        let now = sent.load(Ordering::Relaxed);
+        if now == last {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the sender never stopped ({now} bytes)"
+        );
+        last = now;
+    }
+    assert!(
+        last < 16 << 20,
+        "{last} bytes went out to a reader that read nothing"
+    );
+    // The reader comes back: everything arrives, in full.
+    let mut received = 0u64;
+    while let Some(message) = receiver.recv().await {
+        received += message.unwrap().len() as u64;
+    }
+    writer.await.unwrap();
+    assert_eq!(received, TOTAL);
+}
