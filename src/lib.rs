@@ -7,6 +7,7 @@
 //! - [`transport`]: peer connections and data channels, behind a seam;
 //! - [`profile`]: where an account's state lives on disk.
 
+pub mod cache;
 pub mod cli;
 pub mod hex;
 pub mod profile;
