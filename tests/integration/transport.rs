@@ -404,3 +404,44 @@ async fn a_reader_that_stops_stops_the_sender() {
     writer.await.unwrap();
     assert_eq!(received, TOTAL);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_sender_that_goes_away_ends_the_transfer_with_a_reason() {
+    use d2dfs::transfer::range::RangeError;
+
+    let alice = TestUser::register("alice").await.client().await;
+    let bob = TestUser::register("bob").await.client().await;
+    let room_id = plain_room(&alice, &bob).await;
+    let alice_engine = loopback_engine(&alice);
+    let bob_engine = loopback_engine(&bob);
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("leaving.bin");
+    std::fs::write(&path, payload(1_000_000)).unwrap();
+    let id = alice_engine
+        .offer_file(&room_id, &path, "leaving.bin")
+        .await
+        .unwrap();
+    bob_engine
+        .wait_for(Duration::from_secs(60), |t| {
+            t.transfer_id == id && t.phase == Phase::Offered
+        })
+        .await
+        .expect("offer seen");
+    let source = bob_engine.accept_ranges(&id).await.unwrap();
+    source.fetch(0, 1000).await.unwrap();
+
+    // The sending device shuts down (unmount, Ctrl-C): it cancels and closes its peer.
+    alice_engine.shutdown().await;
+    let ended = bob_engine
+        .wait_for(Duration::from_secs(60), |t| {
+            t.transfer_id == id && t.phase.is_final()
+        })
+        .await
+        .expect("the receiver learns the transfer ended");
+    assert_ne!(ended.phase, Phase::Complete);
+    assert!(ended.reason.is_some(), "{ended:?}");
+    assert!(matches!(
+        source.fetch(1000, 1000).await,
+        Err(RangeError::Disconnected | RangeError::Refused(_))
+    ));
+}
