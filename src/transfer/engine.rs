@@ -193,6 +193,8 @@ pub struct Engine {
 const SEEN_EVENTS: usize = 16_384;
 /// How long local candidates are collected into one `m.d2dfile.candidates` event.
 const CANDIDATE_BATCH_DELAY: Duration = Duration::from_millis(150);
+/// How long a data job may go on after its connection reported failure.
+const FAILURE_GRACE: Duration = Duration::from_secs(10);
 /// Message size of the baseline stream (the size every WebRTC stack accepts).
 const STREAM_MESSAGE: usize = 16 * 1024;
 
@@ -795,6 +797,10 @@ impl Engine {
         let party_id = self.party().party_id;
         // A peer may stop reporting once connected; the data job goes on regardless.
         let mut events_open = true;
+        // A connection that fails while data moves: the data job sees it too and may still
+        // finish what it was doing (the last bytes may already be here); it gets a grace
+        // period before the failure is final.
+        let mut failed: Option<(Instant, String)> = None;
         loop {
             let flush = async {
                 match flush_at {
@@ -802,8 +808,20 @@ impl Engine {
                     None => std::future::pending().await,
                 }
             };
+            let grace_over = async {
+                match &failed {
+                    Some((at, _)) => tokio::time::sleep_until(*at).await,
+                    None => std::future::pending().await,
+                }
+            };
             tokio::select! {
                 () = self.inner.shutdown.cancelled() => break,
+                () = grace_over => {
+                    if let Some((_, reason)) = failed.take() {
+                        self.apply_to(&transfer_id, |t| t.on_failed(&reason));
+                    }
+                    break;
+                }
                 () = flush => {
                     flush_at = None;
                     self.send_candidates(&room_id, &transfer_id, std::mem::take(&mut batch), party_id.clone());
@@ -840,7 +858,13 @@ impl Engine {
                         }
                     }
                     Some(PeerEvent::Failed(reason)) => {
-                        self.apply_to(&transfer_id, |t| t.on_failed(&reason));
+                        match &data_task {
+                            Some(task) if !task.is_finished() => {
+                                debug!(%transfer_id, %reason, "connection failed while data moved");
+                                failed = Some((Instant::now() + FAILURE_GRACE, reason));
+                            }
+                            _ => self.apply_to(&transfer_id, |t| t.on_failed(&reason)),
+                        }
                     }
                     None => events_open = false,
                 },
