@@ -2,6 +2,7 @@
 //!
 //! The layers, from the user down:
 //! - [`cli`]: the `d2dfs` command line (clap definitions and the commands' output);
+//! - [`fs`]: the FUSE filesystem: rooms as directories, offers as files;
 //! - [`cache`]: reading an offered file on demand: chunk cache, read-ahead, stream spool;
 //! - [`transfer`]: the life of each transfer, for both roles, and range mode;
 //! - [`signalling`]: the Matrix side: session, `m.d2dfile.*` events, sync;
@@ -11,6 +12,7 @@
 
 pub mod cache;
 pub mod cli;
+pub mod fs;
 pub mod hex;
 pub mod profile;
 pub mod signalling;

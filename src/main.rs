@@ -7,7 +7,9 @@ use d2dfs::cli::{self, Cli};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    cli::init_logging(cli.global.verbose);
+    if cli.logs_early() {
+        cli::init_logging(cli.global.verbose);
+    }
     match cli::run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {

@@ -313,16 +313,34 @@ impl CachedFile {
 
     /// The bytes `[offset, offset + length)`, cut at the end of the file (empty past it).
     pub async fn read(&self, offset: u64, length: u64) -> Result<Bytes, SourceError> {
+        self.read_with(offset, length, true).await
+    }
+
+    /// Like [`read`](Self::read), but unseen by read-ahead: for a second reader trailing
+    /// the first (the digest check) that must not disturb its window.
+    pub async fn read_quietly(&self, offset: u64, length: u64) -> Result<Bytes, SourceError> {
+        self.read_with(offset, length, false).await
+    }
+
+    async fn read_with(
+        &self,
+        offset: u64,
+        length: u64,
+        readahead: bool,
+    ) -> Result<Bytes, SourceError> {
         let size = self.size();
         let end = offset.saturating_add(length).min(size);
         if offset >= end {
             return Ok(Bytes::new());
         }
-        let prefetch = self
-            .readahead
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .on_read(offset, end - offset);
+        let prefetch = readahead
+            .then(|| {
+                self.readahead
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .on_read(offset, end - offset)
+            })
+            .flatten();
         if let Some((from, to)) = prefetch {
             self.prefetch(from, to.min(size)).await;
         }

@@ -2,6 +2,10 @@
 //! bytes cannot be asked for again. They go to a sparse file on disk, not to memory; reads
 //! behind the stream are served from that file, reads ahead of it wait for it, and the file
 //! is removed when the last handle goes away.
+//!
+//! The last bytes of the file are held back until the writer calls [`SpoolWriter::finish`]:
+//! the receiver checks the whole-file digest first, so a reader never sees a complete file
+//! whose digest did not match.
 
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
@@ -94,12 +98,9 @@ impl SpoolWriter {
         match result {
             Ok(n) => {
                 self.written += n as u64;
-                let progress = if self.written == self.inner.size {
-                    Progress::Complete
-                } else {
-                    Progress::Receiving(self.written)
-                };
-                self.inner.progress.send_replace(progress);
+                self.inner
+                    .progress
+                    .send_replace(Progress::Receiving(self.written));
                 Ok(())
             }
             Err(error) => {
@@ -108,6 +109,20 @@ impl SpoolWriter {
                 Err(SourceError(error))
             }
         }
+    }
+
+    /// Every byte arrived and was checked: release the end of the file to readers.
+    pub fn finish(&self) -> Result<(), SourceError> {
+        if self.written != self.inner.size {
+            let error = format!(
+                "the stream ended after {} of {} bytes",
+                self.written, self.inner.size
+            );
+            self.fail(&error);
+            return Err(SourceError(error));
+        }
+        self.inner.progress.send_replace(Progress::Complete);
+        Ok(())
     }
 
     /// The stream ended or broke: readers waiting beyond what arrived get `reason`.
@@ -124,6 +139,11 @@ impl SpoolWriter {
     pub fn written(&self) -> u64 {
         self.written
     }
+
+    /// The offered size.
+    pub fn size(&self) -> u64 {
+        self.inner.size
+    }
 }
 
 impl Drop for SpoolWriter {
@@ -137,6 +157,22 @@ impl SpoolReader {
         self.inner.size
     }
 
+    /// Bytes on disk so far.
+    pub fn received(&self) -> u64 {
+        match &*self.inner.progress.borrow() {
+            Progress::Receiving(n) | Progress::Failed(n, _) => *n,
+            Progress::Complete => self.inner.size,
+        }
+    }
+
+    /// Why the stream broke, if it did.
+    pub fn failure(&self) -> Option<String> {
+        match &*self.inner.progress.borrow() {
+            Progress::Failed(_, reason) => Some(reason.clone()),
+            _ => None,
+        }
+    }
+
     /// The bytes `[offset, offset + length)` (cut at the end of the file), once they arrived.
     pub async fn read(&self, offset: u64, length: u64) -> Result<Bytes, SourceError> {
         let end = offset.saturating_add(length).min(self.inner.size);
@@ -146,7 +182,8 @@ impl SpoolReader {
         let mut progress = self.inner.progress.subscribe();
         let ready = progress
             .wait_for(|p| match p {
-                Progress::Receiving(n) => *n >= end,
+                // The file's last byte waits for `finish` (the digest check).
+                Progress::Receiving(n) => *n >= end && end < self.inner.size,
                 Progress::Complete | Progress::Failed(..) => true,
             })
             .await
@@ -192,6 +229,9 @@ mod tests {
         for block in data.chunks(16_384) {
             writer.append(Bytes::copy_from_slice(block)).await.unwrap();
         }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(!ahead.is_finished(), "the end waits for the digest check");
+        writer.finish().unwrap();
         assert_eq!(&ahead.await.unwrap().unwrap()[..], &data[250_000..]);
         assert_eq!(&reader.read(0, 10).await.unwrap()[..], &data[..10]);
         assert_eq!(reader.read(299_990, 100).await.unwrap().len(), 10);

@@ -4,6 +4,10 @@
 //! going to the background) can do so before any thread exists.
 
 mod account;
+mod mount;
+mod node;
+mod status;
+mod transfer;
 
 use std::path::PathBuf;
 
@@ -61,11 +65,29 @@ pub enum Command {
     Whoami(account::WhoamiArgs),
     /// List the joined rooms: id, alias or name, encryption, join rule, members
     Rooms(account::RoomsArgs),
+    /// Mount the rooms as a filesystem (returns once the mount answers; -f stays)
+    Mount(mount::MountArgs),
+    /// Unmount a d2dfs mount cleanly (live transfers are cancelled)
+    Unmount(mount::UnmountArgs),
+    /// Offer files to a room without a mount; exits once each was received
+    Send(transfer::SendArgs),
+    /// Accept offers in a room without a mount; files land when complete and checked
+    Recv(transfer::RecvArgs),
+    /// Live transfers of running mounts, with progress
+    Status(status::StatusArgs),
     /// Print a shell completion script (e.g. `d2dfs completions bash > /etc/bash_completion.d/d2dfs`)
     Completions {
         #[arg(value_enum)]
         shell: clap_complete::Shell,
     },
+}
+
+impl Cli {
+    /// Whether logging is set up before the command runs (a mount going to the background
+    /// sets it up after the fork, towards its log file).
+    pub fn logs_early(&self) -> bool {
+        !matches!(&self.command, Command::Mount(args) if mount::logs_itself(args))
+    }
 }
 
 /// Runs the parsed command line.
@@ -76,6 +98,11 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Logout(args) => account::logout(&profile, args),
         Command::Whoami(args) => account::whoami(&profile, args),
         Command::Rooms(args) => account::rooms(&profile, args),
+        Command::Mount(args) => mount::mount(&profile, args, cli.global.verbose),
+        Command::Unmount(args) => mount::unmount(args),
+        Command::Send(args) => transfer::send(&profile, args),
+        Command::Recv(args) => transfer::recv(&profile, args),
+        Command::Status(args) => status::status(args),
         Command::Completions { shell } => {
             use clap::CommandFactory;
             clap_complete::generate(shell, &mut Cli::command(), "d2dfs", &mut std::io::stdout());

@@ -25,10 +25,11 @@ use tracing::{debug, info, warn};
 
 use super::lifecycle::{Action, OfferInfo, Party, Phase, Role, Transfer};
 use super::range::{self, RangeClient, RangeSource};
+use crate::cache::spool::{self, SpoolReader, SpoolWriter};
 use crate::hex;
 use crate::signalling::events::{
     Answer, Cancel, Candidate, Candidates, D2dEvent, FileInfo, Invite, SelectAnswer,
-    SessionDescription,
+    SessionDescription, limits,
 };
 use crate::signalling::sync::{self, IncomingEvent, OwnDevice, SyncOutput, now_ms};
 use crate::signalling::turn::TurnCache;
@@ -78,6 +79,20 @@ pub enum EngineError {
     Randomness(String),
 }
 
+/// What [`Engine::offer`] offers.
+#[derive(Debug, Clone, Copy)]
+pub struct OfferRequest<'a> {
+    pub room_id: &'a RoomId,
+    /// The file whose bytes are served; it must not change while offered.
+    pub path: &'a Path,
+    /// The name the room sees.
+    pub filename: &'a str,
+    pub size: u64,
+    pub sha256: Option<[u8; 32]>,
+    /// How long the offer stays open (capped at the protocol's maximum).
+    pub lifetime: Duration,
+}
+
 /// A transfer as callers see it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TransferSnapshot {
@@ -101,6 +116,8 @@ pub struct TransferSnapshot {
     pub range: bool,
     /// The offerer advertised range mode.
     pub offer_range: bool,
+    /// Once connected: `direct` or `relay`.
+    pub path: Option<String>,
 }
 
 /// Commands to a transfer's peer task.
@@ -118,6 +135,8 @@ enum DataJob {
     ReceiveFile { dest: PathBuf },
     /// Ask for ranges on behalf of a [`RangeSource`].
     ReceiveRanges(RangeClient),
+    /// Keep what arrives in a spool that readers follow (the filesystem, plain peers).
+    ReceiveSpool(SpoolWriter),
 }
 
 struct Entry {
@@ -128,6 +147,8 @@ struct Entry {
     remote_offer: Option<String>,
     /// (Sending) the file offered, for re-offers.
     source: Option<PathBuf>,
+    /// Once connected: `direct` or `relay`.
+    path: Option<String>,
 }
 
 impl Entry {
@@ -150,6 +171,7 @@ impl Entry {
             reason: t.reason.clone(),
             range: t.range,
             offer_range: t.offer.range,
+            path: self.path.clone(),
         }
     }
 }
@@ -180,6 +202,8 @@ struct Inner {
     outbox: mpsc::UnboundedSender<Outgoing>,
     updates: broadcast::Sender<TransferSnapshot>,
     synced: watch::Sender<u64>,
+    /// Bumped whenever the joined rooms (or their state) may have changed.
+    rooms: watch::Sender<u64>,
     shutdown: CancellationToken,
 }
 
@@ -222,6 +246,7 @@ impl Engine {
             outbox: outbox_tx,
             updates,
             synced: watch::channel(0).0,
+            rooms: watch::channel(0).0,
             shutdown: CancellationToken::new(),
         });
         let engine = Self { inner };
@@ -245,6 +270,21 @@ impl Engine {
     pub async fn wait_synced(&self) {
         let mut synced = self.inner.synced.subscribe();
         let _ = synced.wait_for(|rounds| *rounds > 0).await;
+    }
+
+    /// Changes (a counter) whenever the joined rooms or their state may have changed.
+    pub fn rooms_changed(&self) -> watch::Receiver<u64> {
+        self.inner.rooms.subscribe()
+    }
+
+    /// The Matrix client this engine signals with.
+    pub fn client(&self) -> &Client {
+        &self.inner.client
+    }
+
+    /// Refuses rooms we are not in and, unless allowed, public rooms (SPEC §5).
+    pub fn check_offer_room(&self, room_id: &RoomId) -> Result<(), EngineError> {
+        self.check_room(room_id)
     }
 
     /// Every transfer this engine knows, live offers from others and all of our own.
@@ -303,29 +343,46 @@ impl Engine {
         filename: &str,
     ) -> Result<String, EngineError> {
         self.check_room(room_id)?;
-        let metadata = tokio::fs::metadata(path)
-            .await
-            .map_err(|error| EngineError::Source {
-                path: path.to_owned(),
-                error,
-            })?;
-        let sha256 = file_sha256(path)
-            .await
-            .map_err(|error| EngineError::Source {
-                path: path.to_owned(),
-                error,
-            })?;
+        let source_error = |error| EngineError::Source {
+            path: path.to_owned(),
+            error,
+        };
+        let size = tokio::fs::metadata(path).await.map_err(source_error)?.len();
+        let sha256 = file_sha256(path).await.map_err(source_error)?;
+        self.offer(OfferRequest {
+            room_id,
+            path,
+            filename,
+            size,
+            sha256: Some(sha256),
+            lifetime: self.inner.config.lifetime,
+        })
+        .await
+    }
+
+    /// Offers a file whose size and digest the caller already knows (the filesystem hashes
+    /// while it spools); returns the transfer id.
+    pub async fn offer(&self, request: OfferRequest<'_>) -> Result<String, EngineError> {
+        let OfferRequest {
+            room_id,
+            path,
+            filename,
+            size,
+            sha256,
+            lifetime,
+        } = request;
+        self.check_room(room_id)?;
         let ice = self.inner.turn.get().await;
         let NewPeer { peer, sdp, events } = self.inner.connector.offer(&ice).await?;
         let transfer_id = new_transfer_id()?;
-        let lifetime_ms = self.inner.config.lifetime.as_millis() as u64;
+        let lifetime_ms = lifetime.as_millis().min(u128::from(limits::MAX_LIFETIME_MS)) as u64;
         let offer = OfferInfo {
             filename: filename.to_owned(),
             info: FileInfo {
                 mimetype: guess_mimetype(filename).to_owned(),
-                size: metadata.len(),
+                size,
             },
-            sha256: Some(sha256),
+            sha256,
             range: true,
             origin_server_ts: now_ms(),
             lifetime_ms,
@@ -362,6 +419,7 @@ impl Engine {
                     bytes_moved: bytes_moved.clone(),
                     remote_offer: None,
                     source: Some(path.to_owned()),
+                    path: None,
                 },
             );
         }
@@ -413,6 +471,27 @@ impl Engine {
             dest: dest.to_owned(),
         };
         self.accept(transfer_id, false, job).await
+    }
+
+    /// Accepts an offer in stream mode into a spool at `spool_path`: readers follow the
+    /// stream as it arrives; the end of the file is released once the digest matched.
+    pub async fn accept_to_spool(
+        &self,
+        transfer_id: &str,
+        spool_path: &Path,
+    ) -> Result<SpoolReader, EngineError> {
+        let size = self
+            .transfer(transfer_id)
+            .map(|t| t.size)
+            .ok_or_else(|| EngineError::NoSuchTransfer(transfer_id.to_owned()))?;
+        let (writer, reader) =
+            spool::create(spool_path, size).map_err(|error| EngineError::Source {
+                path: spool_path.to_owned(),
+                error,
+            })?;
+        self.accept(transfer_id, false, DataJob::ReceiveSpool(writer))
+            .await?;
+        Ok(reader)
     }
 
     /// Accepts an offer in range mode: the returned source fetches any byte range on demand.
@@ -634,7 +713,7 @@ impl Engine {
         while let Some(output) = input.recv().await {
             match output {
                 SyncOutput::Event(event) => self.handle_event(*event),
-                SyncOutput::RoomsChanged => {}
+                SyncOutput::RoomsChanged => self.inner.rooms.send_modify(|n| *n += 1),
                 SyncOutput::Synced => {
                     self.inner.synced.send_modify(|rounds| *rounds += 1);
                 }
@@ -743,6 +822,7 @@ impl Engine {
                 bytes_moved: Arc::new(AtomicU64::new(0)),
                 remote_offer: Some(invite.offer.sdp),
                 source: None,
+                path: None,
             },
         );
         drop(state);
@@ -850,6 +930,10 @@ impl Engine {
                         self.send_candidates(&room_id, &transfer_id, std::mem::take(&mut batch), party_id.clone());
                     }
                     Some(PeerEvent::Connected(channel)) => {
+                        let path = peer.path().await;
+                        if let Some(entry) = self.lock().transfers.get_mut(&transfer_id) {
+                            entry.path = path;
+                        }
                         self.apply_to(&transfer_id, |t| { t.on_connected(); Vec::new() });
                         if let Some(job) = job.take() {
                             data_task = Some(tokio::spawn(self.clone().run_data_job(
@@ -915,6 +999,13 @@ impl Engine {
                 None => return,
             },
             DataJob::ReceiveRanges(client) => client.run(&mut *channel, &bytes_moved).await,
+            DataJob::ReceiveSpool(writer) => {
+                let sha256 = match self.transfer(&transfer_id) {
+                    Some(t) => t.sha256,
+                    None => return,
+                };
+                receive_spool(&mut *channel, writer, sha256.as_deref(), &bytes_moved).await
+            }
             DataJob::ReceiveFile { dest } => {
                 let (size, sha256) = match self.transfer(&transfer_id) {
                     Some(t) => (t.size, t.sha256),
@@ -1020,6 +1111,32 @@ async fn receive_file(
             Err(reason)
         }
     }
+}
+
+/// MSC2354's baseline into a spool: like [`receive_file`], but readers follow along.
+async fn receive_spool(
+    channel: &mut dyn Channel,
+    mut spool: SpoolWriter,
+    sha256: Option<&str>,
+    moved: &AtomicU64,
+) -> Result<(), String> {
+    use sha2::Digest;
+    let mut hasher = sha2::Sha256::new();
+    while let Some(message) = channel.recv().await {
+        let message = message.map_err(|e| e.to_string())?;
+        hasher.update(&message);
+        spool.append(message).await.map_err(|e| e.0)?;
+        moved.store(spool.written(), Ordering::Relaxed);
+    }
+    if let Some(expected) = sha256
+        && spool.written() == spool.size()
+        && hex::encode(&hasher.finalize()) != expected
+    {
+        let reason = "sha256 mismatch: the received file differs from the offered one";
+        spool.fail(reason);
+        return Err(reason.to_owned());
+    }
+    spool.finish().map_err(|e| e.0)
 }
 
 /// The temporary name a file has until it is complete.

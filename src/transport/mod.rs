@@ -65,6 +65,10 @@ pub trait Peer: Send + Sync {
     async fn add_candidates(&self, candidates: &[Candidate]) -> Result<(), TransportError>;
     /// Tears the connection down.
     async fn close(&self);
+    /// Once connected: `direct` or `relay` (through a TURN server), when known.
+    async fn path(&self) -> Option<String> {
+        None
+    }
 }
 
 /// An open, reliable, ordered data channel.

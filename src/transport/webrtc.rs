@@ -18,7 +18,8 @@ use tracing::{debug, warn};
 use webrtc::data_channel::{DataChannel, DataChannelEvent, RTCDataChannelInit};
 use webrtc::peer_connection::{
     PeerConnection, PeerConnectionBuilder, PeerConnectionEventHandler, RTCConfigurationBuilder,
-    RTCIceCandidateInit, RTCIceGatheringState, RTCIceServer, RTCIceTransportPolicy,
+    RTCIceCandidateInit, RTCIceCandidateType, RTCIceGatheringState, RTCIceServer,
+    RTCIceTransportPolicy,
     RTCPeerConnectionIceEvent, RTCPeerConnectionState, RTCSessionDescription,
 };
 
@@ -256,6 +257,20 @@ impl Peer for WebRtcPeer {
         if let Err(error) = self.peer.close().await {
             warn!(%error, "closing the peer connection");
         }
+    }
+
+    async fn path(&self) -> Option<String> {
+        let sctp = self.peer.sctp().await?;
+        let pair = sctp
+            .transport()
+            .ice_transport()
+            .get_selected_candidate_pair()
+            .await
+            .ok()??;
+        let relayed = [pair.local(), pair.remote()]
+            .iter()
+            .any(|candidate| candidate.typ == RTCIceCandidateType::Relay);
+        Some(if relayed { "relay" } else { "direct" }.to_owned())
     }
 }
 
