@@ -165,6 +165,11 @@ impl SpoolReader {
         }
     }
 
+    /// Every byte arrived and was checked.
+    pub fn is_complete(&self) -> bool {
+        *self.inner.progress.borrow() == Progress::Complete
+    }
+
     /// Why the stream broke, if it did.
     pub fn failure(&self) -> Option<String> {
         match &*self.inner.progress.borrow() {

@@ -30,8 +30,10 @@ use crate::transfer::lifecycle::{Phase, Role};
 /// How long attributes and names may be cached by the kernel.
 pub const TTL: Duration = Duration::from_secs(1);
 /// How long an accepted offer keeps its connection after the last close, so that reading
-/// it again right away (`cp` then `sha256sum`) works.
-const LINGER_MS: u64 = 10_000;
+/// it again right away (`cp` then `sha256sum`) works. Short once every byte was read and
+/// checked (the sender learns sooner that it is done), longer after partial reads.
+const LINGER_MS: u64 = 30_000;
+const LINGER_COMPLETE_MS: u64 = 2_000;
 /// Block size reported by `stat`.
 const BLOCK: u32 = 128 * 1024;
 
@@ -64,14 +66,15 @@ pub struct Core {
     next_fh: AtomicU64,
 }
 
-/// Whether a placeholder for `snapshot` is shown.
-fn shown(snapshot: &TransferSnapshot, has_reader: bool, now: u64) -> bool {
+/// Whether a placeholder for `snapshot` is shown; `kept` when the mount still reads it or
+/// has received it whole.
+fn shown(snapshot: &TransferSnapshot, kept: bool, now: u64) -> bool {
     match snapshot.phase {
         Phase::Offered | Phase::Answered | Phase::Connecting | Phase::Transferring => true,
         // Kept until the offer would have expired: reads give EIO and the reason.
         Phase::Failed => now < snapshot.expires_at_ms,
-        // Taken: shown while its reader is still held (open, or lingering).
-        Phase::Complete => has_reader,
+        // Taken: shown (as complete) until the offer would have expired.
+        Phase::Complete => kept && now < snapshot.expires_at_ms,
         Phase::Cancelled | Phase::Expired => false,
     }
 }
@@ -177,16 +180,23 @@ impl Core {
         }
     }
 
-    /// Tells the kernel that `name` in `parent` is gone or changed.
+    /// Tells the kernel that `name` in `parent` is gone. Done from a blocking task: called
+    /// from a FUSE handler (an `rm`, a close), it would wait for the very lock the kernel
+    /// holds while that handler runs.
     fn invalidate(&self, entries: Vec<(u64, String)>) {
-        let Some(notifier) = self.notifier.get() else {
+        let Some(notifier) = self.notifier.get().cloned() else {
             return;
         };
-        for (parent, name) in entries {
-            if let Err(error) = notifier.inval_entry(INodeNo(parent), name.as_ref()) {
-                debug!(%error, name, "kernel entry invalidation failed");
-            }
+        if entries.is_empty() {
+            return;
         }
+        self.runtime.spawn_blocking(move || {
+            for (parent, name) in entries {
+                if let Err(error) = notifier.inval_entry(INodeNo(parent), name.as_ref()) {
+                    debug!(%error, name, "kernel entry invalidation failed");
+                }
+            }
+        });
     }
 
     // ---- keeping the tree in step ------------------------------------------------------
@@ -324,12 +334,13 @@ impl Core {
                         return;
                     };
                     *offer.snapshot.lock().unwrap_or_else(|p| p.into_inner()) = snapshot.clone();
-                    let has_reader = offer
-                        .reader
-                        .lock()
-                        .unwrap_or_else(|p| p.into_inner())
-                        .is_some();
-                    if !shown(snapshot, has_reader, now) {
+                    let kept = offer.verified.load(Ordering::Relaxed)
+                        || offer
+                            .reader
+                            .lock()
+                            .unwrap_or_else(|p| p.into_inner())
+                            .is_some();
+                    if !shown(snapshot, kept, now) {
                         gone.extend(tree.remove_file(ino));
                     }
                 }
@@ -354,6 +365,7 @@ impl Core {
                         accepting: tokio::sync::Mutex::new(()),
                         opens: AtomicU32::new(0),
                         closed_at_ms: AtomicU64::new(0),
+                        verified: std::sync::atomic::AtomicBool::new(false),
                         error: Mutex::new(None),
                     });
                     debug!(transfer_id = %snapshot.transfer_id, name, "offer shown");
@@ -407,9 +419,14 @@ impl Core {
         };
         for offer in offers {
             let closed_at = offer.closed_at_ms.load(Ordering::Relaxed);
+            let linger = if offer.verified.load(Ordering::Relaxed) {
+                LINGER_COMPLETE_MS
+            } else {
+                LINGER_MS
+            };
             if offer.opens.load(Ordering::Relaxed) == 0
                 && closed_at != 0
-                && now.saturating_sub(closed_at) >= LINGER_MS
+                && now.saturating_sub(closed_at) >= linger
             {
                 // Dropping the reader ends the transfer (range mode: the channel closes).
                 if offer
@@ -835,6 +852,10 @@ impl Core {
         if offer.reader.lock().unwrap_or_else(|p| p.into_inner()).is_some() {
             return Ok(self.new_fh());
         }
+        if offer.verified.load(Ordering::Relaxed) {
+            // Received whole and released: the page cache may still hold it.
+            return Ok(self.new_fh());
+        }
         let snapshot = offer.snapshot.lock().unwrap_or_else(|p| p.into_inner()).clone();
         if snapshot.phase != Phase::Offered {
             self.release_offer(offer);
@@ -885,12 +906,10 @@ impl Core {
             debug!(transfer_id = %offer.transfer_id, error, "read refused");
             return Err(Errno::EIO);
         }
-        let reader = offer
-            .reader
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
-            .ok_or(Errno::EIO)?;
+        let Some(reader) = offer.reader.lock().unwrap_or_else(|p| p.into_inner()).clone() else {
+            info!(name = offer.name, "read after the transfer ended: the sender serves it no more");
+            return Err(Errno::EIO);
+        };
         match reader.read(offset, u64::from(size)).await {
             Ok(data) => Ok(data),
             Err(error) => {
@@ -1009,6 +1028,15 @@ impl Core {
     }
 
     fn release_offer(&self, offer: &Offer) {
+        let verified = offer
+            .reader
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_ref()
+            .is_some_and(|reader| reader.verified());
+        if verified {
+            offer.verified.store(true, Ordering::Relaxed);
+        }
         if offer.opens.fetch_sub(1, Ordering::Relaxed) == 1 {
             offer.closed_at_ms.store(now_ms(), Ordering::Relaxed);
         }
@@ -1144,7 +1172,9 @@ impl Core {
         let reader = offer.reader.lock().unwrap_or_else(|p| p.into_inner()).clone();
         let state = if error.is_some() {
             "failed".to_owned()
-        } else if reader.as_ref().is_some_and(|r| r.verified()) {
+        } else if offer.verified.load(Ordering::Relaxed)
+            || reader.as_ref().is_some_and(|r| r.verified())
+        {
             "complete".to_owned()
         } else {
             snapshot.phase.to_string()

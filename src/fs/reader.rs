@@ -60,7 +60,7 @@ impl Reader {
     /// Every byte was read and matched the advertised digest.
     pub fn verified(&self) -> bool {
         match self {
-            Self::Spool(spool) => spool.failure().is_none() && spool.received() == spool.size(),
+            Self::Spool(spool) => spool.is_complete(),
             Self::Range { verifier, .. } => verifier
                 .try_lock()
                 .map(|v| matches!(v.verdict(), Some(Ok(()))))

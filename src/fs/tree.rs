@@ -37,6 +37,8 @@ pub struct Offer {
     pub opens: AtomicU32,
     /// When the last handle was closed (milliseconds since the epoch); 0 while open.
     pub closed_at_ms: AtomicU64,
+    /// Every byte was read and matched the digest.
+    pub verified: std::sync::atomic::AtomicBool,
     /// Why reading failed, for `user.d2dfs.error`.
     pub error: Mutex<Option<String>>,
 }

@@ -4,5 +4,6 @@ pub mod aiortc;
 pub mod cli;
 pub mod fake_transport;
 pub mod homeserver;
+pub mod mount;
 pub mod turn;
 pub mod users;
