@@ -136,9 +136,8 @@ fn serve(
     ready: Option<OwnedFd>,
 ) -> anyhow::Result<()> {
     let mut ready = ready.map(std::fs::File::from);
-    let result = super::runtime().and_then(|runtime| {
-        runtime.block_on(run_mounted(profile, args, mountpoint, &mut ready))
-    });
+    let result = super::runtime()
+        .and_then(|runtime| runtime.block_on(run_mounted(profile, args, mountpoint, &mut ready)));
     if let (Err(error), Some(pipe)) = (&result, ready.as_mut()) {
         let _ = write!(pipe, "{error:#}");
     }
@@ -168,7 +167,11 @@ async fn run_mounted(
         cache_size: args.cache_size,
         lifetime: args.lifetime,
     };
-    let core = Core::new(node.engine.clone(), &config, tokio::runtime::Handle::current())?;
+    let core = Core::new(
+        node.engine.clone(),
+        &config,
+        tokio::runtime::Handle::current(),
+    )?;
     core.fill().await;
     let mounted = {
         let core = core.clone();
@@ -182,8 +185,7 @@ async fn run_mounted(
     if let Some(mut pipe) = ready.take() {
         let _ = pipe.write_all(b"ok");
     }
-    let mut terminate =
-        tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     let mut poll = tokio::time::interval(Duration::from_millis(200));
     loop {
         tokio::select! {

@@ -60,7 +60,9 @@ impl Node {
                 .room_id
         } else {
             <&RoomId>::try_from(room)
-                .with_context(|| format!("{room} is not a room id (!id:server) or alias (#name:server)"))?
+                .with_context(|| {
+                    format!("{room} is not a room id (!id:server) or alias (#name:server)")
+                })?
                 .to_owned()
         };
         match self.account.client.get_room(&room_id) {
@@ -95,7 +97,8 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
     if let Ok(seconds) = text.parse::<u64>() {
         return Ok(Duration::from_secs(seconds));
     }
-    humantime::parse_duration(text).map_err(|e| format!("not a duration: {text} ({e}; try 10m, 2h)"))
+    humantime::parse_duration(text)
+        .map_err(|e| format!("not a duration: {text} ({e}; try 10m, 2h)"))
 }
 
 #[cfg(test)]

@@ -165,11 +165,9 @@ fn print_table(mount: &Path, rows: &[Row]) {
         return;
     }
     for row in rows {
-        let percent = if row.size == 0 {
-            100
-        } else {
-            (row.bytes.min(row.size) * 100 / row.size) as u32
-        };
+        let percent = (row.bytes.min(row.size) * 100)
+            .checked_div(row.size)
+            .unwrap_or(100);
         let mut line = format!(
             "  {}/{}  {}  {}/{} bytes ({percent}%)",
             row.room, row.name, row.state, row.bytes, row.size

@@ -112,8 +112,8 @@ impl Bars {
 
 pub fn send(profile: &Profile, args: SendArgs) -> anyhow::Result<()> {
     for file in &args.files {
-        let metadata = std::fs::metadata(file)
-            .with_context(|| format!("cannot read {}", file.display()))?;
+        let metadata =
+            std::fs::metadata(file).with_context(|| format!("cannot read {}", file.display()))?;
         if !metadata.is_file() {
             bail!("{} is not a regular file", file.display());
         }
@@ -252,11 +252,12 @@ async fn recv_all(node: &Node, args: &RecvArgs) -> anyhow::Result<()> {
     let mut done = 0usize;
     let mut failures = 0usize;
     let timeout = args.timeout.map(|t| tokio::time::Instant::now() + t);
-    let accept = |snapshot: &TransferSnapshot, taking: &mut HashMap<String, PathBuf>, bars: &mut Bars| {
-        let dest = destination(&args.out, snapshot);
-        bars.add(&snapshot.transfer_id, &snapshot.filename, snapshot.size);
-        taking.insert(snapshot.transfer_id.clone(), dest);
-    };
+    let accept =
+        |snapshot: &TransferSnapshot, taking: &mut HashMap<String, PathBuf>, bars: &mut Bars| {
+            let dest = destination(&args.out, snapshot);
+            bars.add(&snapshot.transfer_id, &snapshot.filename, snapshot.size);
+            taking.insert(snapshot.transfer_id.clone(), dest);
+        };
     for snapshot in node.engine.transfers() {
         if wanted(&snapshot, &room_id, args) {
             accept(&snapshot, &mut taking, &mut bars);
@@ -303,7 +304,9 @@ async fn recv_all(node: &Node, args: &RecvArgs) -> anyhow::Result<()> {
                     bars.println(format!("{}: complete", dest.display()));
                 } else {
                     failures += 1;
-                    let reason = snapshot.reason.unwrap_or_else(|| snapshot.phase.to_string());
+                    let reason = snapshot
+                        .reason
+                        .unwrap_or_else(|| snapshot.phase.to_string());
                     bars.println(format!("{}: failed: {reason}", snapshot.filename));
                 }
             }

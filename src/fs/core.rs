@@ -19,7 +19,7 @@ use tracing::{debug, info, warn};
 use super::names;
 use super::reader::Reader;
 use super::shares::{self, Record, Store};
-use super::tree::{Node, Offer, RoomDir, ROOT, Share, ShareState, Spooling, Tree};
+use super::tree::{Node, Offer, ROOT, RoomDir, Share, ShareState, Spooling, Tree};
 use crate::cache::{CacheConfig, ChunkCache};
 use crate::hex;
 use crate::signalling::rooms;
@@ -439,10 +439,13 @@ impl Core {
                     debug!(transfer_id = %offer.transfer_id, "reader released");
                 }
             }
-            let snapshot = self
-                .engine
-                .transfer(&offer.transfer_id)
-                .unwrap_or_else(|| offer.snapshot.lock().unwrap_or_else(|p| p.into_inner()).clone());
+            let snapshot = self.engine.transfer(&offer.transfer_id).unwrap_or_else(|| {
+                offer
+                    .snapshot
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .clone()
+            });
             self.apply_incoming(&snapshot);
         }
         for share in shares {
@@ -465,7 +468,9 @@ impl Core {
             _ => None,
         };
         if cancel && let Some(transfer_id) = &transfer_id {
-            let _ = self.engine.cancel(transfer_id, "the sender removed the file");
+            let _ = self
+                .engine
+                .cancel(transfer_id, "the sender removed the file");
         }
         self.store.forget(&share.id);
         if !share.linked {
@@ -481,7 +486,11 @@ impl Core {
     async fn restore_shares(self: &Arc<Self>) {
         for record in self.store.load_live(now_ms()) {
             let Some(parent) = self.lock().rooms.get(&record.room_id).copied() else {
-                warn!(room_id = record.room_id, name = record.name, "no longer in the room; offer dropped");
+                warn!(
+                    room_id = record.room_id,
+                    name = record.name,
+                    "no longer in the room; offer dropped"
+                );
                 self.store.forget(&record.id);
                 self.store.free(&record.id);
                 continue;
@@ -510,7 +519,11 @@ impl Core {
                 }
                 share
             };
-            info!(name = record.name, room_id = record.room_id, "offering again");
+            info!(
+                name = record.name,
+                room_id = record.room_id,
+                "offering again"
+            );
             self.clone().offer_share(share, Some(record)).await;
         }
     }
@@ -518,11 +531,14 @@ impl Core {
     /// Hashes (unless known) and offers a closed share; records it for restarts.
     async fn offer_share(self: Arc<Self>, share: Arc<Share>, record: Option<Record>) {
         let result = self.prepare_and_offer(&share, record).await;
+        if let Ok((transfer_id, ..)) = &result {
+            // Lock order: the tree before a node's state (`getattr` holds the tree).
+            self.lock().outgoing.insert(transfer_id.clone(), share.ino);
+        }
         let mut state = share.state.lock().unwrap_or_else(|p| p.into_inner());
         let size = state.size();
         match result {
             Ok((transfer_id, sha256, deadline_ms)) => {
-                self.lock().outgoing.insert(transfer_id.clone(), share.ino);
                 *state = ShareState::Offered {
                     size,
                     sha256,
@@ -783,7 +799,12 @@ impl Core {
 
     /// `ln -s /abs/file ROOMDIR/NAME`: offers that file where it is. The link becomes a
     /// read-only file in the listing; the reply is the symlink the kernel asked for.
-    pub fn symlink(self: &Arc<Self>, parent: u64, name: &str, target: &Path) -> Result<FileAttr, Errno> {
+    pub fn symlink(
+        self: &Arc<Self>,
+        parent: u64,
+        name: &str,
+        target: &Path,
+    ) -> Result<FileAttr, Errno> {
         let room_id = self.room_for_new_file(parent, name)?;
         if !target.is_absolute() {
             return Err(Errno::EINVAL);
@@ -812,9 +833,12 @@ impl Core {
         // The kernel wants a symlink back: an inode of its own that lives only as long as
         // its (uncached) entry; the next lookup finds the offer.
         let ghost = self.lock().allocate();
-        let mut attr = self.attr(ghost, &Node::Alias {
-            target: target.to_string_lossy().into_owned(),
-        });
+        let mut attr = self.attr(
+            ghost,
+            &Node::Alias {
+                target: target.to_string_lossy().into_owned(),
+            },
+        );
         attr.ino = INodeNo(ghost);
         Ok(attr)
     }
@@ -849,14 +873,23 @@ impl Core {
     /// Accepts `offer` if this is its first open; gives the handle to answer with.
     pub async fn accept(&self, offer: &Arc<Offer>) -> Result<u64, Errno> {
         let _guard = offer.accepting.lock().await;
-        if offer.reader.lock().unwrap_or_else(|p| p.into_inner()).is_some() {
+        if offer
+            .reader
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .is_some()
+        {
             return Ok(self.new_fh());
         }
         if offer.verified.load(Ordering::Relaxed) {
             // Received whole and released: the page cache may still hold it.
             return Ok(self.new_fh());
         }
-        let snapshot = offer.snapshot.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let snapshot = offer
+            .snapshot
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
         if snapshot.phase != Phase::Offered {
             self.release_offer(offer);
             let reason = snapshot
@@ -869,7 +902,12 @@ impl Core {
             self.engine
                 .accept_ranges(&offer.transfer_id)
                 .await
-                .map(|source| Reader::range(self.cache.open(Arc::new(source)), snapshot.sha256.as_deref()))
+                .map(|source| {
+                    Reader::range(
+                        self.cache.open(Arc::new(source)),
+                        snapshot.sha256.as_deref(),
+                    )
+                })
         } else {
             let spool = self.incoming_dir.join(format!("{}.spool", offer.ino));
             self.engine
@@ -901,13 +939,31 @@ impl Core {
     }
 
     /// Reads of placeholders: through their reader (waits on the network).
-    pub async fn read_offer(&self, offer: &Arc<Offer>, offset: u64, size: u32) -> Result<bytes::Bytes, Errno> {
-        if let Some(error) = offer.error.lock().unwrap_or_else(|p| p.into_inner()).clone() {
+    pub async fn read_offer(
+        &self,
+        offer: &Arc<Offer>,
+        offset: u64,
+        size: u32,
+    ) -> Result<bytes::Bytes, Errno> {
+        if let Some(error) = offer
+            .error
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+        {
             debug!(transfer_id = %offer.transfer_id, error, "read refused");
             return Err(Errno::EIO);
         }
-        let Some(reader) = offer.reader.lock().unwrap_or_else(|p| p.into_inner()).clone() else {
-            info!(name = offer.name, "read after the transfer ended: the sender serves it no more");
+        let Some(reader) = offer
+            .reader
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+        else {
+            info!(
+                name = offer.name,
+                "read after the transfer ended: the sender serves it no more"
+            );
             return Err(Errno::EIO);
         };
         match reader.read(offset, u64::from(size)).await {
@@ -981,7 +1037,7 @@ impl Core {
             if offset == spooling.hashed {
                 hasher.update(data);
                 spooling.hashed = end;
-            } else if offset < spooling.hashed || offset > spooling.hashed {
+            } else {
                 // Out of order: hashed from the spool on close instead.
                 spooling.hasher = None;
             }
@@ -1005,7 +1061,7 @@ impl Core {
             if size != spooling.size {
                 spooling.file.set_len(size).map_err(|e| errno_of(&e))?;
                 spooling.size = size;
-                if size < spooling.hashed || size > spooling.hashed {
+                if size != spooling.hashed {
                     spooling.hasher = None;
                 }
             }
@@ -1053,7 +1109,10 @@ impl Core {
         }
         if spooling.error.is_some() {
             drop(state);
-            info!(name = share.name, "the spool could not be written; nothing offered");
+            info!(
+                name = share.name,
+                "the spool could not be written; nothing offered"
+            );
             self.drop_share(&share, false);
             return;
         }
@@ -1121,7 +1180,11 @@ impl Core {
                 let mut tree = self.lock();
                 tree.dismissed.insert(offer.transfer_id.clone());
                 tree.remove_file(offer.ino);
-                offer.reader.lock().unwrap_or_else(|p| p.into_inner()).take();
+                offer
+                    .reader
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .take();
             }
             _ => {}
         }
@@ -1164,12 +1227,23 @@ impl Core {
     }
 
     fn offer_xattrs(&self, offer: &Offer) -> Vec<(&'static str, String)> {
-        let snapshot = self
-            .engine
-            .transfer(&offer.transfer_id)
-            .unwrap_or_else(|| offer.snapshot.lock().unwrap_or_else(|p| p.into_inner()).clone());
-        let error = offer.error.lock().unwrap_or_else(|p| p.into_inner()).clone();
-        let reader = offer.reader.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let snapshot = self.engine.transfer(&offer.transfer_id).unwrap_or_else(|| {
+            offer
+                .snapshot
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .clone()
+        });
+        let error = offer
+            .error
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        let reader = offer
+            .reader
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
         let state = if error.is_some() {
             "failed".to_owned()
         } else if offer.verified.load(Ordering::Relaxed)
@@ -1180,7 +1254,8 @@ impl Core {
             snapshot.phase.to_string()
         };
         let mut attrs = common_xattrs(&snapshot, state);
-        if let Some(reason) = error.or(snapshot.reason.filter(|_| snapshot.phase == Phase::Failed)) {
+        if let Some(reason) = error.or(snapshot.reason.filter(|_| snapshot.phase == Phase::Failed))
+        {
             attrs.push(("user.d2dfs.error", reason));
         }
         attrs
@@ -1213,7 +1288,12 @@ impl Core {
                 sha256,
                 deadline_ms,
                 ..
-            } => (transfer_id.clone(), sha256.clone(), *deadline_ms, None::<String>),
+            } => (
+                transfer_id.clone(),
+                sha256.clone(),
+                *deadline_ms,
+                None::<String>,
+            ),
         };
         drop(state);
         let Some(snapshot) = self.engine.transfer(&transfer_id) else {

@@ -290,11 +290,11 @@ impl Filesystem for D2dFs {
     fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
         match self.core.statfs() {
             Some(s) => reply.statfs(
-                s.f_blocks as u64,
-                s.f_bfree as u64,
-                s.f_bavail as u64,
-                s.f_files as u64,
-                s.f_ffree as u64,
+                s.f_blocks,
+                s.f_bfree,
+                s.f_bavail,
+                s.f_files,
+                s.f_ffree,
                 s.f_bsize as u32,
                 255,
                 s.f_frsize as u32,
@@ -352,9 +352,13 @@ impl Filesystem for D2dFs {
         reply: ReplyCreate,
     ) {
         match name_str(name).and_then(|name| self.core.create(parent.0, name)) {
-            Ok((attr, fh)) => {
-                reply.created(&TTL, &attr, Generation(0), FileHandle(fh), FopenFlags::empty())
-            }
+            Ok((attr, fh)) => reply.created(
+                &TTL,
+                &attr,
+                Generation(0),
+                FileHandle(fh),
+                FopenFlags::empty(),
+            ),
             Err(errno) => {
                 debug!(?name, ?errno, "create refused");
                 reply.error(errno)

@@ -38,10 +38,10 @@ impl Mounted {
 
     /// Unmounts (lazily if busy) and waits for the session thread.
     pub fn unmount(self, mountpoint: &Path) {
-        if !self.is_finished() {
-            if let Err(error) = mounts::unmount(mountpoint) {
-                tracing::warn!(%error, "unmount failed");
-            }
+        if !self.is_finished()
+            && let Err(error) = mounts::unmount(mountpoint)
+        {
+            tracing::warn!(%error, "unmount failed");
         }
         let _ = self.session.join();
     }
@@ -56,7 +56,11 @@ pub fn mount(core: Arc<Core>, mountpoint: &Path, options: &[String]) -> std::io:
         MountOption::NoDev,
         MountOption::NoSuid,
     ];
-    for option in options.iter().flat_map(|o| o.split(',')).filter(|o| !o.is_empty()) {
+    for option in options
+        .iter()
+        .flat_map(|o| o.split(','))
+        .filter(|o| !o.is_empty())
+    {
         match option {
             "allow_other" => config.acl = SessionACL::All,
             "allow_root" => config.acl = SessionACL::RootAndOwner,
@@ -65,7 +69,9 @@ pub fn mount(core: Arc<Core>, mountpoint: &Path, options: &[String]) -> std::io:
             "exec" => config.mount_options.push(MountOption::Exec),
             "noatime" => config.mount_options.push(MountOption::NoAtime),
             "default_permissions" => config.mount_options.push(MountOption::DefaultPermissions),
-            other => config.mount_options.push(MountOption::CUSTOM(other.to_owned())),
+            other => config
+                .mount_options
+                .push(MountOption::CUSTOM(other.to_owned())),
         }
     }
     let session = fuser::Session::new(fuse::D2dFs::new(core.clone()), mountpoint, &config)?;

@@ -124,7 +124,10 @@ pub fn unmount(path: &Path) -> std::io::Result<()> {
     if status.success() {
         Ok(())
     } else {
-        Err(std::io::Error::other(format!("fusermount3 -u {} failed", path.display())))
+        Err(std::io::Error::other(format!(
+            "fusermount3 -u {} failed",
+            path.display()
+        )))
     }
 }
 
@@ -161,6 +164,9 @@ mod tests {
             check_mountpoint(&dir.path().join("missing")),
             Err(MountPointError::Missing(_))
         ));
-        assert!(matches!(check_mountpoint(Path::new("/proc")), Err(MountPointError::Busy(..))));
+        assert!(matches!(
+            check_mountpoint(Path::new("/proc")),
+            Err(MountPointError::Busy(..))
+        ));
     }
 }

@@ -125,7 +125,11 @@ mod tests {
         let a = unique("report.pdf", "t1", taken);
         let b = unique("report.pdf", "t2", taken);
         assert_ne!(a, b);
-        assert_eq!(a, unique("report.pdf", "t1", taken), "same transfer, same name");
+        assert_eq!(
+            a,
+            unique("report.pdf", "t1", taken),
+            "same transfer, same name"
+        );
         assert!(a.starts_with("report (") && a.ends_with(").pdf"), "{a}");
         assert_eq!(unique("other.pdf", "t1", taken), "other.pdf");
     }

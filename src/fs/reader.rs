@@ -17,7 +17,7 @@ pub enum Reader {
     /// Range mode: any range on demand, through the cache; digest checked here.
     Range {
         file: Arc<CachedFile>,
-        verifier: tokio::sync::Mutex<Verifier>,
+        verifier: Box<tokio::sync::Mutex<Verifier>>,
     },
     /// Stream mode: the spool, which holds back the end until the engine checked the digest.
     Spool(SpoolReader),
@@ -28,7 +28,7 @@ impl Reader {
         let size = file.size();
         Self::Range {
             file: Arc::new(file),
-            verifier: tokio::sync::Mutex::new(Verifier::new(size, sha256)),
+            verifier: Box::new(tokio::sync::Mutex::new(Verifier::new(size, sha256))),
         }
     }
 
@@ -183,9 +183,9 @@ impl Verifier {
         self.stash.clear();
         self.stash_bytes = 0;
         self.verdict = Some(match &self.expected {
-            Some(expected) if *expected != digest => Err(
-                "sha256 mismatch: the received file differs from the offered one".to_owned(),
-            ),
+            Some(expected) if *expected != digest => {
+                Err("sha256 mismatch: the received file differs from the offered one".to_owned())
+            }
             _ => Ok(()),
         });
     }
@@ -208,7 +208,10 @@ mod tests {
         let file = data(10_000);
         let mut v = Verifier::new(10_000, Some(&digest(&file)));
         for (from, to) in [(4000, 6000), (0, 4000), (8000, 10_000), (6000, 8000)] {
-            v.absorb(from, &Bytes::copy_from_slice(&file[from as usize..to as usize]));
+            v.absorb(
+                from,
+                &Bytes::copy_from_slice(&file[from as usize..to as usize]),
+            );
         }
         assert_eq!(v.verdict(), Some(&Ok(())));
     }
@@ -235,7 +238,10 @@ mod tests {
         assert_eq!(v.gap(), None, "nothing to re-read while byte 0 is missing");
         v.absorb(0, &Bytes::copy_from_slice(&file[..1]));
         while let Some((from, to)) = v.gap() {
-            v.absorb(from, &Bytes::copy_from_slice(&file[from as usize..to as usize]));
+            v.absorb(
+                from,
+                &Bytes::copy_from_slice(&file[from as usize..to as usize]),
+            );
         }
         assert_eq!(v.verdict(), Some(&Ok(())));
     }

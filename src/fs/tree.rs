@@ -79,9 +79,9 @@ impl ShareState {
     pub fn size(&self) -> u64 {
         match self {
             Self::Writing(spooling) => spooling.size,
-            Self::Preparing { size }
-            | Self::Offered { size, .. }
-            | Self::Failed { size, .. } => *size,
+            Self::Preparing { size } | Self::Offered { size, .. } | Self::Failed { size, .. } => {
+                *size
+            }
         }
     }
 }

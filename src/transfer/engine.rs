@@ -375,7 +375,9 @@ impl Engine {
         let ice = self.inner.turn.get().await;
         let NewPeer { peer, sdp, events } = self.inner.connector.offer(&ice).await?;
         let transfer_id = new_transfer_id()?;
-        let lifetime_ms = lifetime.as_millis().min(u128::from(limits::MAX_LIFETIME_MS)) as u64;
+        let lifetime_ms = lifetime
+            .as_millis()
+            .min(u128::from(limits::MAX_LIFETIME_MS)) as u64;
         let offer = OfferInfo {
             filename: filename.to_owned(),
             info: FileInfo {

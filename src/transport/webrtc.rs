@@ -19,8 +19,8 @@ use webrtc::data_channel::{DataChannel, DataChannelEvent, RTCDataChannelInit};
 use webrtc::peer_connection::{
     PeerConnection, PeerConnectionBuilder, PeerConnectionEventHandler, RTCConfigurationBuilder,
     RTCIceCandidateInit, RTCIceCandidateType, RTCIceGatheringState, RTCIceServer,
-    RTCIceTransportPolicy,
-    RTCPeerConnectionIceEvent, RTCPeerConnectionState, RTCSessionDescription,
+    RTCIceTransportPolicy, RTCPeerConnectionIceEvent, RTCPeerConnectionState,
+    RTCSessionDescription,
 };
 
 use super::{Channel, Connector, NewPeer, Peer, PeerEvent, TransportError};

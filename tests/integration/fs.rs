@@ -52,7 +52,13 @@ fn private() -> RoomSpec<'static> {
 /// A file of `size` random bytes in a fresh temporary directory.
 async fn random_file(dir: &Path, name: &str, size: &str) -> std::path::PathBuf {
     let path = dir.join(name);
-    must(sh(&format!("head -c {size} /dev/urandom > '{}'", path.display())).await);
+    must(
+        sh(&format!(
+            "head -c {size} /dev/urandom > '{}'",
+            path.display()
+        ))
+        .await,
+    );
     path
 }
 
@@ -61,42 +67,86 @@ async fn a_gigabyte_goes_in_with_cp_and_comes_out_with_cp() {
     let p = pair(private()).await;
     let scratch = tempfile::tempdir().unwrap();
     let source = random_file(scratch.path(), "big.iso", "1G").await;
-    must(sh(&format!("cp '{}' '{}/'", source.display(), p.alice.room(&p.room_id).display())).await);
+    must(
+        sh(&format!(
+            "cp '{}' '{}/'",
+            source.display(),
+            p.alice.room(&p.room_id).display()
+        ))
+        .await,
+    );
     // Own offer: listed, read-only, with its state.
     let own = p.alice.room(&p.room_id).join("big.iso");
     let offered = eventually(Duration::from_secs(60), || {
         std::fs::metadata(&own).is_ok_and(|m| m.len() == 1 << 30 && m.permissions().readonly())
     })
     .await;
-    assert!(offered, "own offer listed read-only; log:\n{}", p.alice.log());
+    assert!(
+        offered,
+        "own offer listed read-only; log:\n{}",
+        p.alice.log()
+    );
     let placeholder = p.bob.room(&p.room_id).join("big.iso");
     p.bob.wait_for(&placeholder).await;
     let ls = must(sh(&format!("ls -l '{}'", p.bob.room(&p.room_id).display())).await);
-    assert!(ls.contains("-r--r--r--") && ls.contains("1073741824") && ls.contains("big.iso"), "{ls}");
-    assert_eq!(getfattr(&placeholder, "state").await.as_deref(), Some("offered"));
+    assert!(
+        ls.contains("-r--r--r--") && ls.contains("1073741824") && ls.contains("big.iso"),
+        "{ls}"
+    );
+    assert_eq!(
+        getfattr(&placeholder, "state").await.as_deref(),
+        Some("offered")
+    );
     assert_eq!(
         getfattr(&placeholder, "sender").await.as_deref(),
         Some(p.alice.user.user_id.as_str())
     );
     let out = scratch.path().join("copied.iso");
-    must(sh(&format!("cp '{}' '{}'", placeholder.display(), out.display())).await);
+    must(
+        sh(&format!(
+            "cp '{}' '{}'",
+            placeholder.display(),
+            out.display()
+        ))
+        .await,
+    );
     // Every byte was read and checked against the advertised digest.
-    assert_eq!(getfattr(&placeholder, "state").await.as_deref(), Some("complete"));
+    assert_eq!(
+        getfattr(&placeholder, "state").await.as_deref(),
+        Some("complete")
+    );
     assert_eq!(
         getfattr(&placeholder, "sha256").await,
         Some(sha256(&source).await)
     );
-    assert_eq!(getfattr(&placeholder, "path").await.as_deref(), Some("direct"));
-    let moved: u64 = getfattr(&placeholder, "bytes").await.unwrap().parse().unwrap();
+    assert_eq!(
+        getfattr(&placeholder, "path").await.as_deref(),
+        Some("direct")
+    );
+    let moved: u64 = getfattr(&placeholder, "bytes")
+        .await
+        .unwrap()
+        .parse()
+        .unwrap();
     assert!(moved >= 1 << 30, "bytes moved: {moved}");
-    let status = must(sh(&format!(
-        "'{}' status --once '{}'",
-        env!("CARGO_BIN_EXE_d2dfs"),
-        p.bob.path().display()
-    ))
-    .await);
-    assert!(status.contains("big.iso") && status.contains("complete"), "{status}");
-    assert_eq!(sha256(&out).await, sha256(&source).await, "bob's log:\n{}", p.bob.log());
+    let status = must(
+        sh(&format!(
+            "'{}' status --once '{}'",
+            env!("CARGO_BIN_EXE_d2dfs"),
+            p.bob.path().display()
+        ))
+        .await,
+    );
+    assert!(
+        status.contains("big.iso") && status.contains("complete"),
+        "{status}"
+    );
+    assert_eq!(
+        sha256(&out).await,
+        sha256(&source).await,
+        "bob's log:\n{}",
+        p.bob.log()
+    );
     // The sender learns that it is done.
     let done = eventually(Duration::from_secs(30), || {
         xattr_now(&own, "state").as_deref() == Some("complete")
@@ -116,7 +166,14 @@ async fn a_linked_file_is_offered_in_place_and_read_at_random() {
         source.display()
     ))
     .await);
-    must(sh(&format!("ln -s '{}' '{}/'", source.display(), p.alice.room(&p.room_id).display())).await);
+    must(
+        sh(&format!(
+            "ln -s '{}' '{}/'",
+            source.display(),
+            p.alice.room(&p.room_id).display()
+        ))
+        .await,
+    );
     let own = p.alice.room(&p.room_id).join("disk.img");
     let offered = eventually(Duration::from_secs(60), || {
         std::fs::symlink_metadata(&own).is_ok_and(|m| m.is_file())
@@ -134,14 +191,21 @@ async fn a_linked_file_is_offered_in_place_and_read_at_random() {
     let expected = must(sh(&read(&source)).await);
     let got = must(sh(&read(&placeholder)).await);
     assert_eq!(got, expected);
-    let moved: u64 = getfattr(&placeholder, "bytes").await.unwrap().parse().unwrap();
+    let moved: u64 = getfattr(&placeholder, "bytes")
+        .await
+        .unwrap()
+        .parse()
+        .unwrap();
     assert!(
         (1 << 20..=16 << 20).contains(&moved),
         "a 1 MiB read deep into 2 GiB moved {moved} bytes"
     );
     // The sender's side shows the transfer too.
     let state = getfattr(&own, "state").await.unwrap_or_default();
-    assert!(["transferring", "complete"].contains(&state.as_str()), "{state}");
+    assert!(
+        ["transferring", "complete"].contains(&state.as_str()),
+        "{state}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -166,9 +230,24 @@ async fn an_offer_from_a_plain_aiortc_peer_is_read_with_cat() {
     let placeholder = bob.room(&room_id).join("from-aiortc.bin");
     bob.wait_for(&placeholder).await;
     let out = scratch.path().join("got.bin");
-    must(sh(&format!("cat '{}' > '{}'", placeholder.display(), out.display())).await);
-    assert_eq!(sha256(&out).await, sha256(&source).await, "log:\n{}", bob.log());
-    assert_eq!(getfattr(&placeholder, "mode").await.as_deref(), Some("stream"));
+    must(
+        sh(&format!(
+            "cat '{}' > '{}'",
+            placeholder.display(),
+            out.display()
+        ))
+        .await,
+    );
+    assert_eq!(
+        sha256(&out).await,
+        sha256(&source).await,
+        "log:\n{}",
+        bob.log()
+    );
+    assert_eq!(
+        getfattr(&placeholder, "mode").await.as_deref(),
+        Some("stream")
+    );
     sender.await.unwrap();
 }
 
@@ -181,7 +260,15 @@ async fn hostile_offered_names_are_shown_sanitised() {
         .expect("room");
     // Bob's harness device (not his mount) offers to the room; alice's mount shows it.
     let long = "L".repeat(4096);
-    let names = ["../../x", "a/b", "nul\0byte", long.as_str(), "..", "same", "same"];
+    let names = [
+        "../../x",
+        "a/b",
+        "nul\0byte",
+        long.as_str(),
+        "..",
+        "same",
+        "same",
+    ];
     for (index, name) in names.iter().enumerate() {
         let content = json!({
             "transfer_id": format!("hostile-{index}"),
@@ -191,7 +278,9 @@ async fn hostile_offered_names_are_shown_sanitised() {
             "offer": { "type": "offer", "sdp": "v=0\r\n" },
             "version": 0,
         });
-        room.send_raw("m.d2dfile.invite", content).await.expect("send invite");
+        room.send_raw("m.d2dfile.invite", content)
+            .await
+            .expect("send invite");
     }
     let dir = p.alice.room(&p.room_id);
     let all_there = eventually(Duration::from_secs(60), || {
@@ -202,10 +291,16 @@ async fn hostile_offered_names_are_shown_sanitised() {
     assert!(all_there, "{listing}\nlog:\n{}", p.alice.log());
     let shown: Vec<&str> = listing.lines().collect();
     for expected in [".._.._x", "a_b", "nul_byte", "__", "same"] {
-        assert!(shown.contains(&expected), "{expected} missing from {shown:?}");
+        assert!(
+            shown.contains(&expected),
+            "{expected} missing from {shown:?}"
+        );
     }
     assert!(shown.iter().any(|n| n.starts_with("same (")), "{shown:?}");
-    let long_shown = shown.iter().find(|n| n.starts_with("LLLL")).expect("long name");
+    let long_shown = shown
+        .iter()
+        .find(|n| n.starts_with("LLLL"))
+        .expect("long name");
     assert!(long_shown.len() <= 255);
     // Nothing escaped the room directory.
     assert!(!p.alice.path().join("x").exists());
@@ -217,10 +312,19 @@ async fn the_sending_mount_restarts_and_still_serves_the_offer() {
     let p = pair(private()).await;
     let scratch = tempfile::tempdir().unwrap();
     let source = random_file(scratch.path(), "kept.bin", "5M").await;
-    must(sh(&format!("cp '{}' '{}/'", source.display(), p.alice.room(&p.room_id).display())).await);
+    must(
+        sh(&format!(
+            "cp '{}' '{}/'",
+            source.display(),
+            p.alice.room(&p.room_id).display()
+        ))
+        .await,
+    );
     let placeholder = p.bob.room(&p.room_id).join("kept.bin");
     p.bob.wait_for(&placeholder).await;
-    let first_id = getfattr(&placeholder, "transfer_id").await.expect("transfer id");
+    let first_id = getfattr(&placeholder, "transfer_id")
+        .await
+        .expect("transfer id");
     p.alice.unmount().await.ok();
     assert!(!p.alice.is_mounted());
     // The unmount cancelled the offer: bob's placeholder goes.
@@ -230,9 +334,19 @@ async fn the_sending_mount_restarts_and_still_serves_the_offer() {
     let own = p.alice.room(&p.room_id).join("kept.bin");
     p.alice.wait_for(&own).await;
     p.bob.wait_for(&placeholder).await;
-    assert_ne!(getfattr(&placeholder, "transfer_id").await.unwrap(), first_id);
+    assert_ne!(
+        getfattr(&placeholder, "transfer_id").await.unwrap(),
+        first_id
+    );
     let out = scratch.path().join("got.bin");
-    must(sh(&format!("cp '{}' '{}'", placeholder.display(), out.display())).await);
+    must(
+        sh(&format!(
+            "cp '{}' '{}'",
+            placeholder.display(),
+            out.display()
+        ))
+        .await,
+    );
     assert_eq!(sha256(&out).await, sha256(&source).await);
 }
 
@@ -245,11 +359,21 @@ async fn rm_cancels_and_rejects_and_bad_operations_get_the_right_errno() {
     let bob_dir = p.bob.room(&p.room_id);
 
     // Writing a placeholder: EACCES.
-    must(sh(&format!("cp '{}' '{}/'", source.display(), alice_dir.display())).await);
+    must(
+        sh(&format!(
+            "cp '{}' '{}/'",
+            source.display(),
+            alice_dir.display()
+        ))
+        .await,
+    );
     let placeholder = bob_dir.join("doomed.bin");
     p.bob.wait_for(&placeholder).await;
     let write = sh(&format!("echo x > '{}'", placeholder.display())).await;
-    assert!(!write.success && write.stderr.contains("Permission denied"), "{write:?}");
+    assert!(
+        !write.success && write.stderr.contains("Permission denied"),
+        "{write:?}"
+    );
     let mkdir = sh(&format!("mkdir '{}/sub'", bob_dir.display())).await;
     assert!(!mkdir.success, "{mkdir:?}");
 
@@ -265,7 +389,14 @@ async fn rm_cancels_and_rejects_and_bad_operations_get_the_right_errno() {
 
     // rm of an own offer cancels it: the placeholder goes, the spool is freed.
     let second = random_file(scratch.path(), "second.bin", "100000").await;
-    must(sh(&format!("cp '{}' '{}/'", second.display(), alice_dir.display())).await);
+    must(
+        sh(&format!(
+            "cp '{}' '{}/'",
+            second.display(),
+            alice_dir.display()
+        ))
+        .await,
+    );
     let placeholder = bob_dir.join("second.bin");
     p.bob.wait_for(&placeholder).await;
     must(sh(&format!("rm '{}/second.bin'", alice_dir.display())).await);
@@ -273,7 +404,10 @@ async fn rm_cancels_and_rejects_and_bad_operations_get_the_right_errno() {
     assert!(gone, "the cancelled offer is still listed at bob's");
     let spool = p.alice.profile.data_dir().join("outgoing");
     let spooled = std::fs::read_dir(&spool).unwrap().count();
-    assert_eq!(spooled, 2, "doomed.bin's record and bytes remain, second.bin's are gone");
+    assert_eq!(
+        spooled, 2,
+        "doomed.bin's record and bytes remain, second.bin's are gone"
+    );
 }
 
 fn xattr_now(path: &Path, name: &str) -> Option<String> {
@@ -298,7 +432,12 @@ async fn a_public_room_refuses_offers_with_eperm() {
     .await;
     let scratch = tempfile::tempdir().unwrap();
     let source = random_file(scratch.path(), "leak.bin", "1000").await;
-    let copy = sh(&format!("cp '{}' '{}/'", source.display(), p.alice.room(&p.room_id).display())).await;
+    let copy = sh(&format!(
+        "cp '{}' '{}/'",
+        source.display(),
+        p.alice.room(&p.room_id).display()
+    ))
+    .await;
     assert!(
         !copy.success && copy.stderr.contains("Operation not permitted"),
         "{copy:?}"
@@ -319,12 +458,23 @@ async fn a_full_disk_fails_the_write_with_enospc_and_offers_nothing() {
     // The spool directory on a 1 MiB filesystem.
     alice.unmount().await.ok();
     let outgoing = alice.profile.data_dir().join("outgoing");
-    must(sh(&format!("mount -t tmpfs -o size=1m tmpfs '{}'", outgoing.display())).await);
+    must(
+        sh(&format!(
+            "mount -t tmpfs -o size=1m tmpfs '{}'",
+            outgoing.display()
+        ))
+        .await,
+    );
     alice.mount().await.ok();
     alice.wait_for(&alice.room(&room_id)).await;
     let scratch = tempfile::tempdir().unwrap();
     let source = random_file(scratch.path(), "huge.bin", "4M").await;
-    let copy = sh(&format!("cp '{}' '{}/'", source.display(), alice.room(&room_id).display())).await;
+    let copy = sh(&format!(
+        "cp '{}' '{}/'",
+        source.display(),
+        alice.room(&room_id).display()
+    ))
+    .await;
     alice.unmount().await.ok();
     must(sh(&format!("umount '{}'", outgoing.display())).await);
     assert!(
@@ -346,16 +496,29 @@ async fn a_digest_mismatch_is_eio_with_the_reason_in_an_xattr() {
     let p = pair(private()).await;
     let scratch = tempfile::tempdir().unwrap();
     let source = random_file(scratch.path(), "changed.bin", "2M").await;
-    must(sh(&format!("ln -s '{}' '{}/'", source.display(), p.alice.room(&p.room_id).display())).await);
+    must(
+        sh(&format!(
+            "ln -s '{}' '{}/'",
+            source.display(),
+            p.alice.room(&p.room_id).display()
+        ))
+        .await,
+    );
     let placeholder = p.bob.room(&p.room_id).join("changed.bin");
     p.bob.wait_for(&placeholder).await;
     // The file changes after it was offered (same size, other bytes).
     must(sh(&format!("head -c 2M /dev/urandom > '{}'", source.display())).await);
     let copy = sh(&format!("cat '{}' > /dev/null", placeholder.display())).await;
-    assert!(!copy.success && copy.stderr.contains("Input/output error"), "{copy:?}");
+    assert!(
+        !copy.success && copy.stderr.contains("Input/output error"),
+        "{copy:?}"
+    );
     let error = getfattr(&placeholder, "error").await.unwrap_or_default();
     assert!(error.contains("sha256"), "error xattr: {error:?}");
-    assert_eq!(getfattr(&placeholder, "state").await.as_deref(), Some("failed"));
+    assert_eq!(
+        getfattr(&placeholder, "state").await.as_deref(),
+        Some("failed")
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -382,7 +545,10 @@ async fn rooms_come_and_go_live_with_alias_symlinks() {
     })
     .await;
     assert!(gone, "the left room is still listed");
-    assert!(!alice.room(&room_id).exists(), "no stale entry in the kernel");
+    assert!(
+        !alice.room(&room_id).exists(),
+        "no stale entry in the kernel"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -410,7 +576,14 @@ async fn send_and_recv_work_without_a_mount() {
     };
     let out = tempfile::tempdir().unwrap();
     bob.run(
-        &["recv", &room_id, "--out", out.path().to_str().unwrap(), "--timeout", "60s"],
+        &[
+            "recv",
+            &room_id,
+            "--out",
+            out.path().to_str().unwrap(),
+            "--timeout",
+            "60s",
+        ],
         &[],
     )
     .await
@@ -449,5 +622,11 @@ async fn signals_unmount_cleanly_and_a_stale_mount_is_reported() {
 }
 
 async fn getfattr_root(path: &Path, name: &str) -> String {
-    must(sh(&format!("getfattr --only-values -n user.d2dfs.{name} '{}'", path.display())).await)
+    must(
+        sh(&format!(
+            "getfattr --only-values -n user.d2dfs.{name} '{}'",
+            path.display()
+        ))
+        .await,
+    )
 }

@@ -36,7 +36,9 @@ impl TestMount {
     pub async fn mount(&self) -> Finished {
         let mut args = vec!["mount", self.path().to_str().expect("utf-8 path")];
         args.extend(self.args.iter().map(String::as_str));
-        self.profile.run(&args, &[("RUST_LOG", "d2dfs=debug,warn")]).await
+        self.profile
+            .run(&args, &[("RUST_LOG", "d2dfs=debug,warn")])
+            .await
     }
 
     /// `d2dfs unmount`.
@@ -63,13 +65,20 @@ impl TestMount {
     pub fn is_mounted(&self) -> bool {
         let mounts = std::fs::read_to_string("/proc/mounts").unwrap_or_default();
         let path = self.path().to_str().unwrap_or("");
-        mounts.lines().any(|line| line.split(' ').nth(1) == Some(path))
+        mounts
+            .lines()
+            .any(|line| line.split(' ').nth(1) == Some(path))
     }
 
     /// Waits (up to a minute) for `path` to exist; panics with the mount's log otherwise.
     pub async fn wait_for(&self, path: &Path) {
         let found = eventually(Duration::from_secs(60), || path.exists()).await;
-        assert!(found, "{} did not appear; log:\n{}", path.display(), self.log());
+        assert!(
+            found,
+            "{} did not appear; log:\n{}",
+            path.display(),
+            self.log()
+        );
     }
 }
 
