@@ -219,6 +219,8 @@ const SEEN_EVENTS: usize = 16_384;
 const CANDIDATE_BATCH_DELAY: Duration = Duration::from_millis(150);
 /// How long a data job may go on after its connection reported failure.
 const FAILURE_GRACE: Duration = Duration::from_secs(10);
+/// How long a stream receiver that has every byte waits for the sender's close.
+const SENDER_CLOSE_WAIT: Duration = Duration::from_secs(2);
 /// Message size of the baseline stream (the size every WebRTC stack accepts).
 const STREAM_MESSAGE: usize = 16 * 1024;
 
@@ -1076,7 +1078,11 @@ async fn receive_file(
     let mut hasher = sha2::Sha256::new();
     let mut received: u64 = 0;
     let outcome: Result<(), String> = async {
-        while let Some(message) = channel.recv().await {
+        // Done at `size` bytes: the sender's close may be lost with a connection that fails
+        // right after the last byte (seen through TURN relays).
+        while received < size
+            && let Some(message) = channel.recv().await
+        {
             let message = message.map_err(|e| e.to_string())?;
             received += message.len() as u64;
             if received > size {
@@ -1093,6 +1099,7 @@ async fn receive_file(
                 "the connection closed after {received} of {size} bytes"
             ));
         }
+        await_sender_close(channel).await;
         file.sync_all().await.map_err(|e| e.to_string())?;
         if let Some(expected) = sha256
             && hex::encode(&hasher.finalize()) != expected
@@ -1124,11 +1131,17 @@ async fn receive_spool(
 ) -> Result<(), String> {
     use sha2::Digest;
     let mut hasher = sha2::Sha256::new();
-    while let Some(message) = channel.recv().await {
+    // Done at the offered size, like `receive_file`.
+    while spool.written() < spool.size()
+        && let Some(message) = channel.recv().await
+    {
         let message = message.map_err(|e| e.to_string())?;
         hasher.update(&message);
         spool.append(message).await.map_err(|e| e.0)?;
         moved.store(spool.written(), Ordering::Relaxed);
+    }
+    if spool.written() == spool.size() {
+        await_sender_close(channel).await;
     }
     if let Some(expected) = sha256
         && spool.written() == spool.size()
@@ -1139,6 +1152,12 @@ async fn receive_spool(
         return Err(reason.to_owned());
     }
     spool.finish().map_err(|e| e.0)
+}
+
+/// Every byte is here: gives the sender a moment to close the channel itself, so that its
+/// last data is acknowledged before this side tears the connection down.
+async fn await_sender_close(channel: &mut dyn Channel) {
+    let _ = tokio::time::timeout(SENDER_CLOSE_WAIT, channel.recv()).await;
 }
 
 /// The temporary name a file has until it is complete.
