@@ -34,6 +34,11 @@ pub enum ProfileError {
         "the session file {path} is unreadable ({reason}); run `d2dfs logout --force` and log in again"
     )]
     CorruptSession { path: PathBuf, reason: String },
+    #[error(
+        "profile {profile} is in use by another d2dfs process (pid {pid}): one device, one \
+         process; stop it or use another --profile"
+    )]
+    InUse { profile: String, pid: String },
     #[error("{action} {path}: {source}")]
     Io {
         action: &'static str,
@@ -72,6 +77,12 @@ impl std::fmt::Debug for StoredSession {
             .field("device_id", &self.device_id)
             .finish_non_exhaustive()
     }
+}
+
+/// A profile taken by this process; released when dropped (or when the process ends).
+#[derive(Debug)]
+pub struct ProfileLock {
+    _file: std::fs::File,
 }
 
 /// A profile's directories.
@@ -150,6 +161,36 @@ impl Profile {
     }
 
     /// Whether a session file exists (a login is stored).
+    /// Takes the profile for this process (mount, send, recv): two processes driving one
+    /// device and one crypto store would corrupt its encryption sessions. Held until the
+    /// returned lock is dropped.
+    pub fn lock(&self) -> Result<ProfileLock, ProfileError> {
+        use std::io::{Read, Seek, Write};
+        use std::os::fd::AsRawFd;
+        self.ensure_data_dir()?;
+        let path = self.data_dir.join("lock");
+        let mut file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&path)
+            .map_err(io_error("cannot open", &path))?;
+        // SAFETY: flock on a descriptor we own.
+        if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+            let mut pid = String::new();
+            let _ = file.read_to_string(&mut pid);
+            return Err(ProfileError::InUse {
+                profile: self.name.clone(),
+                pid: pid.trim().to_owned(),
+            });
+        }
+        let _ = file.set_len(0);
+        let _ = file.rewind();
+        let _ = write!(file, "{}", std::process::id());
+        Ok(ProfileLock { _file: file })
+    }
+
     pub fn has_session(&self) -> bool {
         self.session_path().exists()
     }

@@ -7,7 +7,7 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use matrix_sdk::ruma::{OwnedRoomId, RoomAliasId, RoomId};
 
-use crate::profile::Profile;
+use crate::profile::{Profile, ProfileLock};
 use crate::signalling::session::{self, Account};
 use crate::signalling::sync::OwnDevice;
 use crate::transfer::engine::{Engine, EngineConfig};
@@ -17,11 +17,13 @@ use crate::transport::webrtc::{WebRtcConfig, WebRtcConnector};
 pub struct Node {
     pub account: Account,
     pub engine: Engine,
+    _lock: ProfileLock,
 }
 
 impl Node {
     /// Restores the profile's session and starts the engine on it.
     pub async fn start(profile: &Profile, config: EngineConfig) -> anyhow::Result<Self> {
+        let lock = profile.lock()?;
         let account = session::restore(profile).await?;
         let client = account.client.clone();
         let me = OwnDevice {
@@ -36,7 +38,11 @@ impl Node {
         };
         let connector = WebRtcConnector::new(WebRtcConfig::default());
         let engine = Engine::start(client, me, Arc::new(connector), config);
-        Ok(Self { account, engine })
+        Ok(Self {
+            account,
+            engine,
+            _lock: lock,
+        })
     }
 
     /// Waits for the first sync (offers already in the rooms are known after it), up to

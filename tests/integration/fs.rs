@@ -600,6 +600,12 @@ async fn signals_unmount_cleanly_and_a_stale_mount_is_reported() {
     let user = TestUser::register("fssig").await;
     let mount = TestMount::start(&user, &[]).await;
     assert!(mount.is_mounted());
+    // One device, one process: the profile is taken while mounted.
+    mount
+        .profile
+        .run(&["recv", "!nowhere:localhost", "--timeout", "1s"], &[])
+        .await
+        .fails_with("in use by another d2dfs process");
     let pid = getfattr_root(mount.path(), "pid").await;
     must(sh(&format!("kill -TERM {pid}")).await);
     let unmounted = eventually(Duration::from_secs(30), || !mount.is_mounted()).await;
