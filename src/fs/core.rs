@@ -511,7 +511,10 @@ impl Core {
                     path,
                     linked: matches!(record.bytes, shares::Bytes::Link(_)),
                     created_ms: record.created_ms,
-                    state: Mutex::new(ShareState::Preparing { size: record.size }),
+                    state: Mutex::new(ShareState::Preparing {
+                        size: record.size,
+                        sha256: Some(record.sha256.clone()),
+                    }),
                 });
                 tree.nodes.insert(ino, Node::Share(share.clone()));
                 if let Some(room) = tree.room_mut(parent) {
@@ -564,7 +567,7 @@ impl Core {
                 let (size, known_digest) = {
                     let state = share.state.lock().unwrap_or_else(|p| p.into_inner());
                     match &*state {
-                        ShareState::Preparing { size } => (*size, None::<String>),
+                        ShareState::Preparing { size, sha256 } => (*size, sha256.clone()),
                         _ => return Err("the file changed while it was being offered".into()),
                     }
                 };
@@ -826,6 +829,7 @@ impl Core {
             created_ms: now_ms(),
             state: Mutex::new(ShareState::Preparing {
                 size: metadata.len(),
+                sha256: None,
             }),
         });
         self.insert_share(share.clone())?;
@@ -1124,35 +1128,12 @@ impl Core {
         if let Err(error) = spooling.file.sync_data() {
             warn!(name = share.name, %error, "cannot sync the spool");
         }
-        *state = ShareState::Preparing { size };
+        *state = ShareState::Preparing {
+            size,
+            sha256: digest,
+        };
         drop(state);
-        let core = self.clone();
-        self.runtime.spawn(async move {
-            let record = match digest {
-                Some(sha256) => {
-                    let now = now_ms();
-                    let record = Record {
-                        id: share.id.clone(),
-                        room_id: share.room_id.clone(),
-                        name: share.name.clone(),
-                        size,
-                        sha256,
-                        created_ms: share.created_ms,
-                        deadline_ms: now + core.lifetime.as_millis() as u64,
-                        bytes: shares::Bytes::Spool,
-                    };
-                    match core.store.save(&record) {
-                        Ok(()) => Some(record),
-                        Err(error) => {
-                            warn!(%error, "cannot record the offer");
-                            None
-                        }
-                    }
-                }
-                None => None,
-            };
-            core.clone().offer_share(share, record).await;
-        });
+        self.runtime.spawn(self.clone().offer_share(share, None));
     }
 
     /// `rm`: cancels an own offer or rejects one made to us.
@@ -1270,7 +1251,7 @@ impl Core {
                     ("user.d2dfs.size", state.size().to_string()),
                 ];
             }
-            ShareState::Preparing { size } => {
+            ShareState::Preparing { size, .. } => {
                 return vec![
                     ("user.d2dfs.state", "preparing".to_owned()),
                     ("user.d2dfs.size", size.to_string()),
@@ -1368,4 +1349,55 @@ fn hash_file(path: &Path) -> std::io::Result<String> {
         hasher.update(&buffer[..n]);
     }
     Ok(hex::encode(&hasher.finalize()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn snapshot(phase: Phase, expires_at_ms: u64) -> TransferSnapshot {
+        TransferSnapshot {
+            transfer_id: "t".into(),
+            room_id: "!r:x".into(),
+            role: Role::Receiving,
+            phase,
+            filename: "f".into(),
+            size: 1,
+            mimetype: "a/b".into(),
+            sha256: None,
+            sender: "@a:x".into(),
+            peer: None,
+            bytes_moved: 0,
+            origin_server_ts: 0,
+            expires_at_ms,
+            reason: None,
+            range: true,
+            offer_range: true,
+            path: None,
+        }
+    }
+
+    #[test]
+    fn which_placeholders_are_listed() {
+        let live = 2_000;
+        let now = 1_000;
+        for phase in [
+            Phase::Offered,
+            Phase::Answered,
+            Phase::Connecting,
+            Phase::Transferring,
+        ] {
+            assert!(shown(&snapshot(phase, live), false, now), "{phase}");
+        }
+        // Failed: listed (EIO and the reason) until the offer would have expired.
+        assert!(shown(&snapshot(Phase::Failed, live), false, now));
+        assert!(!shown(&snapshot(Phase::Failed, live), false, live));
+        // Complete: only while still read or once received whole.
+        assert!(!shown(&snapshot(Phase::Complete, live), false, now));
+        assert!(shown(&snapshot(Phase::Complete, live), true, now));
+        assert!(!shown(&snapshot(Phase::Complete, live), true, live));
+        for phase in [Phase::Cancelled, Phase::Expired] {
+            assert!(!shown(&snapshot(phase, live), true, now), "{phase}");
+        }
+    }
 }

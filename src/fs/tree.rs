@@ -62,8 +62,8 @@ pub struct Share {
 pub enum ShareState {
     /// Being written (created in the room directory, not closed yet).
     Writing(Spooling),
-    /// Closed: being hashed and offered.
-    Preparing { size: u64 },
+    /// Closed: being hashed (unless the digest was taken while writing) and offered.
+    Preparing { size: u64, sha256: Option<String> },
     /// Offered as `transfer_id`.
     Offered {
         size: u64,
@@ -79,9 +79,9 @@ impl ShareState {
     pub fn size(&self) -> u64 {
         match self {
             Self::Writing(spooling) => spooling.size,
-            Self::Preparing { size } | Self::Offered { size, .. } | Self::Failed { size, .. } => {
-                *size
-            }
+            Self::Preparing { size, .. }
+            | Self::Offered { size, .. }
+            | Self::Failed { size, .. } => *size,
         }
     }
 }

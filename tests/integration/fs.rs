@@ -49,6 +49,19 @@ fn private() -> RoomSpec<'static> {
     }
 }
 
+/// `cp FROM TO`, which must succeed.
+async fn cp(from: &Path, to: &Path) {
+    must(sh(&format!("cp '{}' '{}'", from.display(), to.display())).await);
+}
+
+/// A private room `creator` made and `joiner` joined.
+async fn shared_room(creator: &TestUser, joiner: &TestUser) -> String {
+    let (creator, joiner) = (creator.client().await, joiner.client().await);
+    create_shared_room(&creator, &[&joiner], private())
+        .await
+        .to_string()
+}
+
 /// A file of `size` random bytes in a fresh temporary directory.
 async fn random_file(dir: &Path, name: &str, size: &str) -> std::path::PathBuf {
     let path = dir.join(name);
@@ -67,14 +80,7 @@ async fn a_gigabyte_goes_in_with_cp_and_comes_out_with_cp() {
     let p = pair(private()).await;
     let scratch = tempfile::tempdir().unwrap();
     let source = random_file(scratch.path(), "big.iso", "1G").await;
-    must(
-        sh(&format!(
-            "cp '{}' '{}/'",
-            source.display(),
-            p.alice.room(&p.room_id).display()
-        ))
-        .await,
-    );
+    cp(&source, &p.alice.room(&p.room_id)).await;
     // Own offer: listed, read-only, with its state.
     let own = p.alice.room(&p.room_id).join("big.iso");
     let offered = eventually(Duration::from_secs(60), || {
@@ -102,14 +108,7 @@ async fn a_gigabyte_goes_in_with_cp_and_comes_out_with_cp() {
         Some(p.alice.user.user_id.as_str())
     );
     let out = scratch.path().join("copied.iso");
-    must(
-        sh(&format!(
-            "cp '{}' '{}'",
-            placeholder.display(),
-            out.display()
-        ))
-        .await,
-    );
+    cp(&placeholder, &out).await;
     // Every byte was read and checked against the advertised digest.
     assert_eq!(
         getfattr(&placeholder, "state").await.as_deref(),
@@ -212,11 +211,7 @@ async fn a_linked_file_is_offered_in_place_and_read_at_random() {
 async fn an_offer_from_a_plain_aiortc_peer_is_read_with_cat() {
     let plain = TestUser::register("fsplain").await;
     let bob_user = TestUser::register("fsbob").await;
-    let plain_client = plain.client().await;
-    let bob_client = bob_user.client().await;
-    let room_id = create_shared_room(&plain_client, &[&bob_client], private())
-        .await
-        .to_string();
+    let room_id = shared_room(&plain, &bob_user).await;
     let bob = TestMount::start(&bob_user, &[]).await;
     bob.wait_for(&bob.room(&room_id)).await;
     let scratch = tempfile::tempdir().unwrap();
@@ -312,14 +307,7 @@ async fn the_sending_mount_restarts_and_still_serves_the_offer() {
     let p = pair(private()).await;
     let scratch = tempfile::tempdir().unwrap();
     let source = random_file(scratch.path(), "kept.bin", "5M").await;
-    must(
-        sh(&format!(
-            "cp '{}' '{}/'",
-            source.display(),
-            p.alice.room(&p.room_id).display()
-        ))
-        .await,
-    );
+    cp(&source, &p.alice.room(&p.room_id)).await;
     let placeholder = p.bob.room(&p.room_id).join("kept.bin");
     p.bob.wait_for(&placeholder).await;
     let first_id = getfattr(&placeholder, "transfer_id")
@@ -339,14 +327,7 @@ async fn the_sending_mount_restarts_and_still_serves_the_offer() {
         first_id
     );
     let out = scratch.path().join("got.bin");
-    must(
-        sh(&format!(
-            "cp '{}' '{}'",
-            placeholder.display(),
-            out.display()
-        ))
-        .await,
-    );
+    cp(&placeholder, &out).await;
     assert_eq!(sha256(&out).await, sha256(&source).await);
 }
 
@@ -359,14 +340,7 @@ async fn rm_cancels_and_rejects_and_bad_operations_get_the_right_errno() {
     let bob_dir = p.bob.room(&p.room_id);
 
     // Writing a placeholder: EACCES.
-    must(
-        sh(&format!(
-            "cp '{}' '{}/'",
-            source.display(),
-            alice_dir.display()
-        ))
-        .await,
-    );
+    cp(&source, &alice_dir).await;
     let placeholder = bob_dir.join("doomed.bin");
     p.bob.wait_for(&placeholder).await;
     let write = sh(&format!("echo x > '{}'", placeholder.display())).await;
@@ -389,14 +363,7 @@ async fn rm_cancels_and_rejects_and_bad_operations_get_the_right_errno() {
 
     // rm of an own offer cancels it: the placeholder goes, the spool is freed.
     let second = random_file(scratch.path(), "second.bin", "100000").await;
-    must(
-        sh(&format!(
-            "cp '{}' '{}/'",
-            second.display(),
-            alice_dir.display()
-        ))
-        .await,
-    );
+    cp(&second, &alice_dir).await;
     let placeholder = bob_dir.join("second.bin");
     p.bob.wait_for(&placeholder).await;
     must(sh(&format!("rm '{}/second.bin'", alice_dir.display())).await);
@@ -448,10 +415,7 @@ async fn a_public_room_refuses_offers_with_eperm() {
 async fn a_full_disk_fails_the_write_with_enospc_and_offers_nothing() {
     let alice_user = TestUser::register("fsfull").await;
     let bob_user = TestUser::register("fsbob").await;
-    let (alice_client, bob_client) = (alice_user.client().await, bob_user.client().await);
-    let room_id = create_shared_room(&alice_client, &[&bob_client], private())
-        .await
-        .to_string();
+    let room_id = shared_room(&alice_user, &bob_user).await;
     let alice = TestMount::start(&alice_user, &[]).await;
     let bob = TestMount::start(&bob_user, &[]).await;
     alice.wait_for(&alice.room(&room_id)).await;
@@ -555,10 +519,7 @@ async fn rooms_come_and_go_live_with_alias_symlinks() {
 async fn send_and_recv_work_without_a_mount() {
     let alice_user = TestUser::register("fssend").await;
     let bob_user = TestUser::register("fsrecv").await;
-    let (alice_client, bob_client) = (alice_user.client().await, bob_user.client().await);
-    let room_id = create_shared_room(&alice_client, &[&bob_client], private())
-        .await
-        .to_string();
+    let room_id = shared_room(&alice_user, &bob_user).await;
     let alice = crate::harness::cli::CliProfile::new();
     alice.login(&alice_user).await.ok();
     let bob = crate::harness::cli::CliProfile::new();
@@ -635,4 +596,36 @@ async fn getfattr_root(path: &Path, name: &str) -> String {
         ))
         .await,
     )
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn offers_vanish_when_their_lifetime_ends() {
+    let alice_user = TestUser::register("fsshort").await;
+    let bob_user = TestUser::register("fsbob").await;
+    let room_id = shared_room(&alice_user, &bob_user).await;
+    let (alice, bob) = tokio::join!(
+        TestMount::start(&alice_user, &["--lifetime", "8s"]),
+        TestMount::start(&bob_user, &[])
+    );
+    alice.wait_for(&alice.room(&room_id)).await;
+    let scratch = tempfile::tempdir().unwrap();
+    let source = random_file(scratch.path(), "brief.bin", "1000").await;
+    cp(&source, &alice.room(&room_id)).await;
+    let placeholder = bob.room(&room_id).join("brief.bin");
+    bob.wait_for(&placeholder).await;
+    let expires: u64 = getfattr(&placeholder, "expires")
+        .await
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(expires > 0);
+    let own = alice.room(&room_id).join("brief.bin");
+    let gone = eventually(Duration::from_secs(60), || {
+        !placeholder.exists() && !own.exists()
+    })
+    .await;
+    assert!(gone, "expired offer still listed");
+    // Its spool went with it.
+    let outgoing = alice.profile.data_dir().join("outgoing");
+    assert_eq!(std::fs::read_dir(outgoing).unwrap().count(), 0);
 }
