@@ -595,6 +595,7 @@ impl Core {
                     } else {
                         shares::Bytes::Spool
                     },
+                    transfer_id: None,
                 };
                 self.store
                     .save(&record)
@@ -607,6 +608,13 @@ impl Core {
             .as_str()
             .try_into()
             .map_err(|_| format!("bad room id {}", record.room_id))?;
+        if let Some(stale) = &record.transfer_id {
+            self.engine.withdraw(
+                &room_id,
+                stale,
+                "the sender restarted and offers the file again",
+            );
+        }
         let sha256 = hex::decode::<32>(&record.sha256);
         let lifetime = Duration::from_millis(record.deadline_ms.saturating_sub(now_ms()));
         let transfer_id = self
@@ -621,6 +629,13 @@ impl Core {
             })
             .await
             .map_err(|e| e.to_string())?;
+        let record = Record {
+            transfer_id: Some(transfer_id.clone()),
+            ..record
+        };
+        if let Err(error) = self.store.save(&record) {
+            warn!(%error, "cannot record the offer");
+        }
         Ok((transfer_id, record.sha256, record.deadline_ms))
     }
 

@@ -39,6 +39,10 @@ pub struct Record {
     /// When the offer ends (milliseconds since the epoch).
     pub deadline_ms: u64,
     pub bytes: Bytes,
+    /// The transfer it was last offered as: withdrawn (cancelled) when a mount that did not
+    /// shut down cleanly offers it again, so receivers do not wait on a dead offer.
+    #[serde(default)]
+    pub transfer_id: Option<String>,
 }
 
 /// The `outgoing/` directory.
@@ -170,6 +174,7 @@ mod tests {
             created_ms: 1,
             deadline_ms,
             bytes: Bytes::Spool,
+            transfer_id: None,
         }
     }
 

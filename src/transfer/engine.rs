@@ -593,6 +593,23 @@ impl Engine {
         Ok(())
     }
 
+    /// Cancels a transfer this device offered in an earlier run (and so no longer knows):
+    /// receivers stop waiting on it. Harmless when it already ended.
+    pub fn withdraw(&self, room_id: &RoomId, transfer_id: &str, reason: &str) {
+        if self.transfer(transfer_id).is_some() {
+            let _ = self.cancel(transfer_id, reason);
+            return;
+        }
+        self.send(
+            room_id,
+            D2dEvent::Cancel(Cancel {
+                transfer_id: transfer_id.to_owned(),
+                party_id: self.party().party_id,
+                reason: Some(reason.to_owned()),
+            }),
+        );
+    }
+
     /// Cancels every live transfer, gives the outbox a moment to send the cancels, stops.
     pub async fn shutdown(&self) {
         let live: Vec<String> = self

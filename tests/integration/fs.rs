@@ -629,3 +629,36 @@ async fn offers_vanish_when_their_lifetime_ends() {
     let outgoing = alice.profile.data_dir().join("outgoing");
     assert_eq!(std::fs::read_dir(outgoing).unwrap().count(), 0);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_killed_sending_mount_withdraws_its_old_offer_and_offers_again() {
+    let p = pair(private()).await;
+    let scratch = tempfile::tempdir().unwrap();
+    let source = random_file(scratch.path(), "survivor.bin", "2M").await;
+    cp(&source, &p.alice.room(&p.room_id)).await;
+    let placeholder = p.bob.room(&p.room_id).join("survivor.bin");
+    p.bob.wait_for(&placeholder).await;
+    let first_id = getfattr(&placeholder, "transfer_id")
+        .await
+        .expect("transfer id");
+    let pid = getfattr_root(p.alice.path(), "pid").await;
+    must(sh(&format!("kill -KILL {pid}")).await);
+    let dead = eventually(Duration::from_secs(10), || {
+        !Path::new(&format!("/proc/{pid}")).exists()
+    })
+    .await;
+    assert!(dead);
+    p.alice.unmount().await.ok(); // the stale mount
+    p.alice.mount().await.ok();
+    // The dead offer is withdrawn; the new one takes its name.
+    let renewed = eventually(Duration::from_secs(60), || {
+        xattr_now(&placeholder, "transfer_id").is_some_and(|id| id != first_id)
+    })
+    .await;
+    let listing = must(sh(&format!("ls '{}'", p.bob.room(&p.room_id).display())).await);
+    assert!(renewed, "listing: {listing}\nalice:\n{}", p.alice.log());
+    assert_eq!(listing.lines().count(), 1, "{listing}");
+    let out = scratch.path().join("got.bin");
+    cp(&placeholder, &out).await;
+    assert_eq!(sha256(&out).await, sha256(&source).await);
+}
