@@ -383,7 +383,7 @@ impl Engine {
         let offer = OfferInfo {
             filename: filename.to_owned(),
             info: FileInfo {
-                mimetype: guess_mimetype(filename).to_owned(),
+                mimetype: guess_mimetype(filename, &file_head(path).await),
                 size,
             },
             sha256,
@@ -1241,8 +1241,28 @@ fn new_transfer_id() -> Result<String, EngineError> {
     Ok(hex::encode(&bytes))
 }
 
-/// A mimetype from the file name's extension.
-pub fn guess_mimetype(filename: &str) -> &'static str {
+/// The first bytes of a file, for content sniffing (empty when unreadable).
+async fn file_head(path: &Path) -> Vec<u8> {
+    let mut head = vec![0u8; 8192];
+    let Ok(mut file) = tokio::fs::File::open(path).await else {
+        return Vec::new();
+    };
+    let n = file.read(&mut head).await.unwrap_or(0);
+    head.truncate(n);
+    head
+}
+
+/// A mimetype from the file name's extension, else from the content's magic bytes.
+pub fn guess_mimetype(filename: &str, head: &[u8]) -> String {
+    match mimetype_from_name(filename) {
+        "application/octet-stream" => infer::get(head)
+            .map_or("application/octet-stream", |kind| kind.mime_type())
+            .to_owned(),
+        known => known.to_owned(),
+    }
+}
+
+fn mimetype_from_name(filename: &str) -> &'static str {
     let extension = filename
         .rsplit_once('.')
         .map(|(_, e)| e.to_ascii_lowercase());
@@ -1265,5 +1285,22 @@ pub fn guess_mimetype(filename: &str) -> &'static str {
         Some("ogg") => "audio/ogg",
         Some("doc") => "application/msword",
         _ => "application/octet-stream",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mimetypes_come_from_the_name_then_the_content() {
+        assert_eq!(guess_mimetype("report.pdf", b""), "application/pdf");
+        let png = b"\x89PNG\r\n\x1a\n\0\0\0\rIHDR";
+        assert_eq!(guess_mimetype("picture", png), "image/png");
+        assert_eq!(guess_mimetype("notes.txt", png), "text/plain");
+        assert_eq!(
+            guess_mimetype("blob", b"\0\x01"),
+            "application/octet-stream"
+        );
     }
 }
