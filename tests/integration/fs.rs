@@ -662,3 +662,35 @@ async fn a_killed_sending_mount_withdraws_its_old_offer_and_offers_again() {
     cp(&placeholder, &out).await;
     assert_eq!(sha256(&out).await, sha256(&source).await);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_killed_receiving_mount_shows_the_live_offer_again() {
+    let p = pair(private()).await;
+    let scratch = tempfile::tempdir().unwrap();
+    let source = random_file(scratch.path(), "waiting.bin", "1M").await;
+    cp(&source, &p.alice.room(&p.room_id)).await;
+    let placeholder = p.bob.room(&p.room_id).join("waiting.bin");
+    p.bob.wait_for(&placeholder).await;
+    let pid = getfattr_root(p.bob.path(), "pid").await;
+    must(sh(&format!("kill -KILL {pid}")).await);
+    let dead = eventually(Duration::from_secs(10), || {
+        !Path::new(&format!("/proc/{pid}")).exists()
+    })
+    .await;
+    assert!(dead);
+    p.bob.unmount().await.ok();
+    p.bob.mount().await.ok();
+    p.bob.wait_for(&placeholder).await;
+    let out = scratch.path().join("got.bin");
+    cp(&placeholder, &out).await;
+    assert_eq!(sha256(&out).await, sha256(&source).await);
+    // Secrets stay out of the log, even at debug level.
+    let session = std::fs::read_to_string(p.bob.profile.session_path()).unwrap();
+    let session: serde_json::Value = serde_json::from_str(&session).unwrap();
+    let token = session["access_token"].as_str().expect("access token");
+    assert!(
+        !p.bob.log().contains(token),
+        "the access token reached the log"
+    );
+    assert!(!p.bob.log().contains(&p.bob.user.password));
+}
