@@ -219,6 +219,8 @@ const SEEN_EVENTS: usize = 16_384;
 const CANDIDATE_BATCH_DELAY: Duration = Duration::from_millis(150);
 /// How long a data job may go on after its connection reported failure.
 const FAILURE_GRACE: Duration = Duration::from_secs(10);
+/// How long an ended transfer is remembered past its offer's lifetime.
+const FORGET_AFTER_MS: u64 = 60_000;
 /// How long a stream receiver that has every byte waits for the sender's close.
 const SENDER_CLOSE_WAIT: Duration = Duration::from_secs(2);
 /// Message size of the baseline stream (the size every WebRTC stack accepts).
@@ -850,7 +852,7 @@ impl Engine {
         self.publish(&transfer_id);
     }
 
-    /// Expires offers nobody took, once a second.
+    /// Expires offers nobody took, once a second; forgets transfers long over.
     async fn ticker(self) {
         let mut interval = tokio::time::interval(Duration::from_secs(1));
         loop {
@@ -876,6 +878,12 @@ impl Engine {
                 debug!(%transfer_id, "offer expired");
                 self.apply_to(&transfer_id, |_| vec![Action::Close]);
             }
+            // Ended and past its lifetime: nobody asks any more. An invite replayed later
+            // (history read after a gap) comes back as expired and goes again.
+            self.lock().transfers.retain(|_, entry| {
+                !(entry.transfer.phase.is_final()
+                    && now > entry.transfer.expires_at_ms.saturating_add(FORGET_AFTER_MS))
+            });
         }
     }
 
