@@ -21,73 +21,32 @@ fi
 d2dfs=$D2DFS_BIN
 
 work=$(mktemp -d "${TMPDIR:-/tmp}/d2dfs-demo.XXXXXX")
+# shellcheck source=contrib/two-mounts.sh
+. contrib/two-mounts.sh
 cleanup() {
-    for user in alice bob; do
-        if grep -qs " $work/$user-mnt " /proc/mounts; then
-            "$d2dfs" unmount "$work/$user-mnt" || true
-        fi
-    done
-    contrib/synapse.sh stop "$work/synapse" || true
+    two_mounts_cleanup
     if [ "${D2DFS_DEMO_KEEP:-}" = 1 ]; then echo "demo: kept $work"; else rm -rf "$work"; fi
 }
 trap cleanup EXIT
 
-# Waits up to 60 s for a path to exist.
-wait_for() {
-    for _ in $(seq 600); do
-        [ -e "$1" ] && return 0
-        sleep 0.1
-    done
-    echo "demo: $1 did not appear" >&2
-    return 1
-}
-
-url=$(contrib/synapse.sh start "$work/synapse")
-echo "demo: homeserver at $url"
-for user in alice bob; do
-    contrib/synapse.sh register "$work/synapse" "$user" "demo-$user-password"
-    D2DFS_PASSWORD="demo-$user-password" \
-        "$d2dfs" --data-dir "$work/$user" login "@$user:localhost" --homeserver "$url" >/dev/null
-done
-
-# Room set-up is not d2dfs's job: do it with the plain client-server API.
-token() {
-    curl -fsS -X POST "$url/_matrix/client/v3/login" -H 'Content-Type: application/json' \
-        -d "{\"type\":\"m.login.password\",\"identifier\":{\"type\":\"m.id.user\",\"user\":\"$1\"},\"password\":\"demo-$1-password\"}" \
-        | python3 -c 'import json,sys; print(json.load(sys.stdin)["access_token"])'
-}
-alice_token=$(token alice)
-bob_token=$(token bob)
-room=$(curl -fsS -X POST "$url/_matrix/client/v3/createRoom" -H "Authorization: Bearer $alice_token" \
-    -H 'Content-Type: application/json' \
-    -d '{"name":"d2dfs demo","preset":"private_chat","invite":["@bob:localhost"],
-         "initial_state":[{"type":"m.room.encryption","state_key":"","content":{"algorithm":"m.megolm.v1.aes-sha2"}}]}' \
-    | python3 -c 'import json,sys; print(json.load(sys.stdin)["room_id"])')
-curl -fsS -X POST "$url/_matrix/client/v3/join/$room" -H "Authorization: Bearer $bob_token" \
-    -H 'Content-Type: application/json' -d '{}' >/dev/null
-echo "demo: alice and bob share the encrypted room $room"
-
-for user in alice bob; do
-    mkdir "$work/$user-mnt"
-    "$d2dfs" --data-dir "$work/$user" mount "$work/$user-mnt"
-    wait_for "$work/$user-mnt/$room"
-done
-echo "demo: both mounted; bob sees:"
-ls -la "$work/bob-mnt"
+two_mounts_up encrypted
+echo "demo: homeserver at $url; alice and bob share the encrypted room $room; both mounted"
+echo "demo: bob's mount:"
+ls -la "$bob_mnt"
 
 echo "demo: making a $size file"
 head -c "$size" /dev/urandom >"$work/demo.bin"
 bytes=$(stat -c %s "$work/demo.bin")
 
 echo "demo: cp demo.bin into alice's room directory (offers it)"
-cp "$work/demo.bin" "$work/alice-mnt/$room/"
-wait_for "$work/bob-mnt/$room/demo.bin"
+cp "$work/demo.bin" "$alice_mnt/$room/"
+wait_for "$bob_mnt/$room/demo.bin"
 echo "demo: bob's mount shows the offer:"
-ls -l "$work/bob-mnt/$room/"
+ls -l "$bob_mnt/$room/"
 
 echo "demo: cp demo.bin out of bob's mount (accepts it and pulls the bytes device to device)"
 start=$(date +%s.%N)
-cp "$work/bob-mnt/$room/demo.bin" "$work/received.bin"
+cp "$bob_mnt/$room/demo.bin" "$work/received.bin"
 end=$(date +%s.%N)
 
 sent=$(sha256sum <"$work/demo.bin" | cut -d' ' -f1)
@@ -99,7 +58,7 @@ if [ "$sent" != "$received" ]; then
     exit 1
 fi
 echo "demo: the state, from the mounts' extended attributes:"
-"$d2dfs" status --once "$work/alice-mnt"
-"$d2dfs" status --once "$work/bob-mnt"
+"$d2dfs" status --once "$alice_mnt"
+"$d2dfs" status --once "$bob_mnt"
 python3 -c "import sys; b, s = int(sys.argv[1]), float(sys.argv[2]) - float(sys.argv[3]); \
 print(f'demo: OK: {b / 2**20:.0f} MiB in {s:.2f} s = {b / s / 2**20:.1f} MiB/s')" "$bytes" "$end" "$start"

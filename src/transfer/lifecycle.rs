@@ -256,7 +256,9 @@ impl Transfer {
         ]
     }
 
-    /// (Sending) An answer arrived. The first live one is taken.
+    /// An answer arrived. Sending: the first live one is taken. Receiving: another device
+    /// took an offer this one has not answered (a plain sender serves one device and says no
+    /// more), so it goes from the listing.
     pub fn on_answer(
         &mut self,
         from: Party,
@@ -266,7 +268,13 @@ impl Transfer {
         now_ms: u64,
     ) -> Vec<Action> {
         self.tick(now_ms);
-        if self.role != Role::Sending || self.phase != Phase::Offered {
+        if self.role == Role::Receiving {
+            if self.phase == Phase::Offered {
+                self.end(Phase::Cancelled, "taken by another device");
+            }
+            return Vec::new();
+        }
+        if self.phase != Phase::Offered {
             return Vec::new();
         }
         self.phase = Phase::Connecting;
@@ -485,6 +493,22 @@ mod tests {
         );
         assert_eq!(t.phase, Phase::Cancelled);
         assert!(t.reason.as_deref().unwrap().contains("bye"));
+    }
+
+    #[test]
+    fn an_offer_answered_by_another_device_is_gone_here() {
+        let mut t = incoming(0);
+        assert!(
+            t.on_answer(party("@c", None), "$1", "sdp", false, 1000)
+                .is_empty()
+        );
+        assert_eq!(t.phase, Phase::Cancelled);
+        assert!(!t.accept(party("@b", Some("B")), true, 1001));
+        // An offer this device answered itself is not affected.
+        let mut t = incoming(0);
+        assert!(t.accept(party("@b", Some("B")), true, 1000));
+        t.on_answer(party("@c", None), "$1", "sdp", false, 1001);
+        assert_eq!(t.phase, Phase::Answered);
     }
 
     #[test]
