@@ -110,9 +110,9 @@ ln -s "$work/big.img" "$alice_room/whole.img"
 wait_for "$bob_room/deep.img"
 wait_for "$bob_room/whole.img"
 dd if="$bob_room/deep.img" of=/dev/null bs=1M skip=3072 count=1 status=none
-moved=$(getfattr --only-values -n user.d2dfs.bytes "$bob_room/deep.img")
+moved=$(getfattr --absolute-names --only-values -n user.d2dfs.bytes "$bob_room/deep.img")
 row "bytes moved for a 1 MiB read 3 GiB into $big" "$moved" "$(python3 -c "print(f'{$moved / 2**20:.1f} MiB')")"
-pid=$(getfattr --only-values -n user.d2dfs.pid "$bob_mnt")
+pid=$(getfattr --absolute-names --only-values -n user.d2dfs.pid "$bob_mnt")
 cat "$bob_room/whole.img" >/dev/null
 rss=$(awk '/VmHWM/ {print $2}' "/proc/$pid/status")
 row "receiving mount's peak RSS, $big read whole, 64 MiB cache" "$((rss / 1024)) MiB" "target cache + 64 MiB = 128 MiB"
