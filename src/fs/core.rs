@@ -439,14 +439,7 @@ impl Core {
                     debug!(transfer_id = %offer.transfer_id, "reader released");
                 }
             }
-            let snapshot = self.engine.transfer(&offer.transfer_id).unwrap_or_else(|| {
-                offer
-                    .snapshot
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .clone()
-            });
-            self.apply_incoming(&snapshot);
+            self.apply_incoming(&self.current(&offer));
         }
         for share in shares {
             let deadline = match &*share.state.lock().unwrap_or_else(|p| p.into_inner()) {
@@ -1222,14 +1215,20 @@ impl Core {
         })
     }
 
-    fn offer_xattrs(&self, offer: &Offer) -> Vec<(&'static str, String)> {
-        let snapshot = self.engine.transfer(&offer.transfer_id).unwrap_or_else(|| {
+    /// The engine's latest word on an offer, or the last one the tree saw (once the engine
+    /// forgot it).
+    fn current(&self, offer: &Offer) -> TransferSnapshot {
+        self.engine.transfer(&offer.transfer_id).unwrap_or_else(|| {
             offer
                 .snapshot
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
                 .clone()
-        });
+        })
+    }
+
+    fn offer_xattrs(&self, offer: &Offer) -> Vec<(&'static str, String)> {
+        let snapshot = self.current(offer);
         let error = offer
             .error
             .lock()

@@ -49,6 +49,26 @@ fn private() -> RoomSpec<'static> {
     }
 }
 
+/// Two mounts, and a random file of `size` copied into alice's room directory and shown
+/// in bob's: the pair, the scratch directory, the source and bob's placeholder.
+async fn offered(
+    name: &str,
+    size: &str,
+) -> (
+    Pair,
+    tempfile::TempDir,
+    std::path::PathBuf,
+    std::path::PathBuf,
+) {
+    let p = pair(private()).await;
+    let scratch = tempfile::tempdir().unwrap();
+    let source = random_file(scratch.path(), name, size).await;
+    cp(&source, &p.alice.room(&p.room_id)).await;
+    let placeholder = p.bob.room(&p.room_id).join(name);
+    p.bob.wait_for(&placeholder).await;
+    (p, scratch, source, placeholder)
+}
+
 /// `cp FROM TO`, which must succeed.
 async fn cp(from: &Path, to: &Path) {
     must(sh(&format!("cp '{}' '{}'", from.display(), to.display())).await);
@@ -304,12 +324,7 @@ async fn hostile_offered_names_are_shown_sanitised() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn the_sending_mount_restarts_and_still_serves_the_offer() {
-    let p = pair(private()).await;
-    let scratch = tempfile::tempdir().unwrap();
-    let source = random_file(scratch.path(), "kept.bin", "5M").await;
-    cp(&source, &p.alice.room(&p.room_id)).await;
-    let placeholder = p.bob.room(&p.room_id).join("kept.bin");
-    p.bob.wait_for(&placeholder).await;
+    let (p, scratch, source, placeholder) = offered("kept.bin", "5M").await;
     let first_id = getfattr(&placeholder, "transfer_id")
         .await
         .expect("transfer id");
@@ -632,12 +647,7 @@ async fn offers_vanish_when_their_lifetime_ends() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_killed_sending_mount_withdraws_its_old_offer_and_offers_again() {
-    let p = pair(private()).await;
-    let scratch = tempfile::tempdir().unwrap();
-    let source = random_file(scratch.path(), "survivor.bin", "2M").await;
-    cp(&source, &p.alice.room(&p.room_id)).await;
-    let placeholder = p.bob.room(&p.room_id).join("survivor.bin");
-    p.bob.wait_for(&placeholder).await;
+    let (p, scratch, source, placeholder) = offered("survivor.bin", "2M").await;
     let first_id = getfattr(&placeholder, "transfer_id")
         .await
         .expect("transfer id");
@@ -665,12 +675,7 @@ async fn a_killed_sending_mount_withdraws_its_old_offer_and_offers_again() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_killed_receiving_mount_shows_the_live_offer_again() {
-    let p = pair(private()).await;
-    let scratch = tempfile::tempdir().unwrap();
-    let source = random_file(scratch.path(), "waiting.bin", "1M").await;
-    cp(&source, &p.alice.room(&p.room_id)).await;
-    let placeholder = p.bob.room(&p.room_id).join("waiting.bin");
-    p.bob.wait_for(&placeholder).await;
+    let (p, scratch, source, placeholder) = offered("waiting.bin", "1M").await;
     let pid = getfattr_root(p.bob.path(), "pid").await;
     must(sh(&format!("kill -KILL {pid}")).await);
     let dead = eventually(Duration::from_secs(10), || {
