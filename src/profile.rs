@@ -167,6 +167,7 @@ impl Profile {
     pub fn lock(&self) -> Result<ProfileLock, ProfileError> {
         use std::io::{Read, Seek, Write};
         use std::os::fd::AsRawFd;
+        use std::os::unix::fs::OpenOptionsExt;
         self.ensure_data_dir()?;
         let path = self.data_dir.join("lock");
         let mut file = std::fs::OpenOptions::new()
@@ -174,6 +175,7 @@ impl Profile {
             .write(true)
             .create(true)
             .truncate(false)
+            .mode(0o600)
             .open(&path)
             .map_err(io_error("cannot open", &path))?;
         // SAFETY: flock on a descriptor we own.

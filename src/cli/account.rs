@@ -52,6 +52,8 @@ pub struct RoomsArgs {
 }
 
 pub fn login(profile: &Profile, args: LoginArgs) -> anyhow::Result<()> {
+    // Not while a mount (or send/recv) of this profile uses the device.
+    let _lock = profile.lock()?;
     let user = match args.user {
         Some(user) => user,
         None => prompt_line("Matrix user id (@name:server): ")?,
@@ -78,6 +80,7 @@ pub fn login(profile: &Profile, args: LoginArgs) -> anyhow::Result<()> {
 }
 
 pub fn logout(profile: &Profile, args: LogoutArgs) -> anyhow::Result<()> {
+    let _lock = profile.has_session().then(|| profile.lock()).transpose()?;
     let result = super::runtime()?.block_on(session::logout(profile));
     match result {
         Ok(LogoutOutcome::LoggedOut) => println!("Logged out; local session and keys deleted"),
