@@ -37,7 +37,14 @@ impl Reader {
         match self {
             Self::Spool(spool) => spool.read(offset, length).await,
             Self::Range { file, verifier } => {
-                let data = file.read(offset, length).await?;
+                let data = tokio::time::timeout(RANGE_READ_LIMIT, file.read(offset, length))
+                    .await
+                    .map_err(|_| {
+                        SourceError(format!(
+                            "the sender stopped answering (no data for {} s)",
+                            RANGE_READ_LIMIT.as_secs()
+                        ))
+                    })??;
                 let mut verifier = verifier.lock().await;
                 verifier.absorb(offset, &data);
                 // Bytes read earlier whose digest was not taken yet (they arrived out of
@@ -68,6 +75,10 @@ impl Reader {
         }
     }
 }
+
+/// How long one read may wait for its bytes in range mode (a few MiB at most) before the
+/// sender counts as gone: a read never hangs on a link that died without a word.
+const RANGE_READ_LIMIT: std::time::Duration = std::time::Duration::from_secs(120);
 
 /// How many out-of-order bytes are kept for the digest before they are dropped (and read
 /// again from the cache when their turn comes).
