@@ -24,7 +24,7 @@ use crate::cache::{CacheConfig, ChunkCache};
 use crate::hex;
 use crate::signalling::rooms;
 use crate::signalling::sync::now_ms;
-use crate::transfer::engine::{Engine, EngineError, OfferRequest, TransferSnapshot};
+use crate::transfer::engine::{Engine, EngineError, OfferRequest, TransferSnapshot, file_sha256};
 use crate::transfer::lifecycle::{Phase, Role};
 
 /// How long attributes and names may be cached by the kernel.
@@ -566,13 +566,10 @@ impl Core {
                 };
                 let sha256 = match known_digest {
                     Some(digest) => digest,
-                    None => {
-                        let path = share.path.clone();
-                        tokio::task::spawn_blocking(move || hash_file(&path))
-                            .await
-                            .map_err(|e| e.to_string())?
-                            .map_err(|e| format!("cannot read {}: {e}", share.path.display()))?
-                    }
+                    None => file_sha256(&share.path)
+                        .await
+                        .map(|digest| hex::encode(&digest))
+                        .map_err(|e| format!("cannot read {}: {e}", share.path.display()))?,
                 };
                 let now = now_ms();
                 let record = Record {
@@ -1347,22 +1344,6 @@ fn new_id() -> Option<String> {
     let mut bytes = [0u8; 8];
     getrandom::fill(&mut bytes).ok()?;
     Some(hex::encode(&bytes))
-}
-
-/// SHA-256 of a file, hex.
-fn hash_file(path: &Path) -> std::io::Result<String> {
-    use std::io::Read;
-    let mut file = std::fs::File::open(path)?;
-    let mut hasher = Sha256::new();
-    let mut buffer = vec![0u8; 1 << 20];
-    loop {
-        let n = file.read(&mut buffer)?;
-        if n == 0 {
-            break;
-        }
-        hasher.update(&buffer[..n]);
-    }
-    Ok(hex::encode(&hasher.finalize()))
 }
 
 #[cfg(test)]

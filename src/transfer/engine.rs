@@ -1227,7 +1227,7 @@ async fn run_outbox(
 }
 
 /// SHA-256 of a file, read in 1 MiB blocks.
-async fn file_sha256(path: &Path) -> std::io::Result<[u8; 32]> {
+pub async fn file_sha256(path: &Path) -> std::io::Result<[u8; 32]> {
     use sha2::Digest;
     let mut file = tokio::fs::File::open(path).await?;
     let mut hasher = sha2::Sha256::new();
