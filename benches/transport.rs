@@ -2,9 +2,11 @@
 //!
 //!     cargo bench --bench transport            # 1 GiB each
 //!     D2DFS_BENCH_BYTES=268435456 cargo bench --bench transport
+//!     D2DFS_BENCH_SHAPES="64:1:1 256:4:1:4:1400" cargo bench --bench transport
 //!
-//! Prints a Markdown table: channel-open time, then throughput of raw TCP and of one data
-//! channel at two message sizes, each with its ratio to TCP measured in this run.
+//! Prints a Markdown table: throughput of raw TCP, then of webrtc-rs data channels in several
+//! shapes (message size, connections x channels, SCTP receive window and MTU), each with its
+//! ratio to TCP measured in this run and the time to open every channel.
 
 use std::time::{Duration, Instant};
 
@@ -45,36 +47,136 @@ async fn tcp(total: u64) -> Duration {
     start.elapsed()
 }
 
-/// One data channel: messages of `message` bytes until `total` arrived.
-async fn webrtc(total: u64, message: usize) -> (Duration, Duration) {
+/// One way to move `total` bytes over webrtc-rs: message size, SCTP settings, and how many
+/// connections and channels per connection share the load.
+#[derive(Clone, Copy)]
+struct Shape {
+    message: usize,
+    connections: usize,
+    channels: usize,
+    receive_buffer: Option<u32>,
+    mtu: Option<u32>,
+}
+
+impl Shape {
+    fn describe(&self) -> String {
+        let mut text = format!(
+            "{} KiB msgs, {} conn x {} chan",
+            self.message / 1024,
+            self.connections,
+            self.channels
+        );
+        if let Some(size) = self.receive_buffer {
+            text.push_str(&format!(", rwnd {} MiB", size >> 20));
+        }
+        if let Some(mtu) = self.mtu {
+            text.push_str(&format!(", mtu {mtu}"));
+        }
+        text
+    }
+}
+
+/// Moves `total` bytes split evenly over every channel of `shape`; returns the time to open
+/// everything and the time to move the bytes.
+async fn webrtc(total: u64, shape: Shape) -> (Duration, Duration) {
     let connector = WebRtcConnector::new(WebRtcConfig {
         udp_addrs: vec!["127.0.0.1:0".to_owned()],
+        sctp_receive_buffer: shape.receive_buffer,
+        sctp_mtu: shape.mtu,
+        max_message_size: Some(shape.message.max(64 * 1024) as u32),
+        ice_check_interval: std::env::var("D2DFS_BENCH_ICE_MS")
+            .ok()
+            .and_then(|ms| ms.parse().ok())
+            .map(Duration::from_millis),
         ..WebRtcConfig::default()
     });
     let opening = Instant::now();
-    let pair = DirectPair::connect(&connector, &connector).await.unwrap();
-    let open_time = opening.elapsed();
-    let (mut sender, mut receiver) = (pair.offerer, pair.answerer);
-    let start = Instant::now();
-    let reader = tokio::spawn(async move {
-        let mut received = 0u64;
-        while received < total {
-            match receiver.recv().await {
-                Some(Ok(m)) => received += m.len() as u64,
-                other => panic!("channel ended early: {other:?}"),
-            }
+    let mut pairs = Vec::new();
+    let mut lanes = Vec::new();
+    for _ in 0..shape.connections {
+        let mut pair = DirectPair::connect(&connector, &connector).await.unwrap();
+        for n in 1..shape.channels {
+            lanes.push(pair.open_channel(&format!("lane-{n}")).await.unwrap());
         }
-    });
-    let block = Bytes::from(vec![0x5au8; message]);
-    let mut sent = 0u64;
-    while sent < total {
-        sender.send(block.clone()).await.unwrap();
-        sent += message as u64;
+        pairs.push(pair);
     }
-    reader.await.unwrap();
+    let open_time = opening.elapsed();
+    for pair in &mut pairs {
+        let offerer = std::mem::replace(&mut pair.offerer, Box::new(Spent));
+        let answerer = std::mem::replace(&mut pair.answerer, Box::new(Spent));
+        lanes.push((offerer, answerer));
+    }
+    let per_lane = total / lanes.len() as u64;
+    let start = Instant::now();
+    let mut tasks = Vec::new();
+    for (mut sender, mut receiver) in lanes {
+        tasks.push(tokio::spawn(async move {
+            let mut received = 0u64;
+            while received < per_lane {
+                match receiver.recv().await {
+                    Some(Ok(m)) => received += m.len() as u64,
+                    other => panic!("channel ended early: {other:?}"),
+                }
+            }
+        }));
+        let block = Bytes::from(vec![0x5au8; shape.message]);
+        tasks.push(tokio::spawn(async move {
+            let mut sent = 0u64;
+            while sent < per_lane {
+                sender.send(block.clone()).await.unwrap();
+                sent += block.len() as u64;
+            }
+            // Keep the sender alive until everything is read; closing is not measured.
+            tokio::time::sleep(Duration::from_secs(3600)).await;
+        }));
+    }
+    let mut senders = Vec::new();
+    for (i, task) in tasks.into_iter().enumerate() {
+        if i % 2 == 0 {
+            task.await.unwrap();
+        } else {
+            senders.push(task);
+        }
+    }
     let elapsed = start.elapsed();
-    let _ = sender.close().await;
+    senders.iter().for_each(|task| task.abort());
+    drop(pairs);
     (open_time, elapsed)
+}
+
+/// Stands in for a channel moved out of a [`DirectPair`].
+struct Spent;
+
+#[async_trait::async_trait]
+impl d2dfs::transport::Channel for Spent {
+    async fn send(&mut self, _: Bytes) -> Result<(), d2dfs::transport::TransportError> {
+        Err(d2dfs::transport::TransportError::Closed)
+    }
+    async fn recv(&mut self) -> Option<Result<Bytes, d2dfs::transport::TransportError>> {
+        None
+    }
+    async fn close(&mut self) -> Result<(), d2dfs::transport::TransportError> {
+        Ok(())
+    }
+}
+
+/// The shapes to run: `D2DFS_BENCH_SHAPES` as `message_KiB:connections:channels[:rwnd_MiB[:mtu]]`
+/// separated by spaces, else a sweep over message size, channels and connections.
+fn shapes() -> Vec<Shape> {
+    let spec = std::env::var("D2DFS_BENCH_SHAPES")
+        .unwrap_or_else(|_| "16:1:1 64:1:1 256:1:1 64:1:4 64:4:1 256:4:1 256:8:1".to_owned());
+    spec.split_whitespace()
+        .map(|item| {
+            let fields: Vec<u64> = item.split(':').map(|f| f.parse().unwrap()).collect();
+            Shape {
+                message: fields[0] as usize * 1024,
+                connections: fields[1] as usize,
+                channels: fields[2] as usize,
+                receive_buffer: fields.get(3).map(|mib| (*mib as u32) << 20),
+                mtu: fields.get(4).map(|mtu| *mtu as u32),
+            }
+        })
+        .collect()
 }
 
 fn mb_per_s(bytes: u64, time: Duration) -> f64 {
@@ -95,12 +197,12 @@ fn main() {
         println!("| path | throughput (MB/s) | ratio to TCP | channel open |");
         println!("|---|---|---|---|");
         println!("| raw loopback TCP (64 KiB writes) | {tcp_rate:.0} | 1.000 | - |");
-        for message in [16 * 1024, 64 * 1024] {
-            let (open, time) = webrtc(total, message).await;
+        for shape in shapes() {
+            let (open, time) = webrtc(total, shape).await;
             let rate = mb_per_s(total, time);
             println!(
-                "| webrtc-rs data channel, {} KiB messages | {rate:.1} | {:.3} | {} ms |",
-                message / 1024,
+                "| webrtc-rs, {} | {rate:.1} | {:.3} | {} ms |",
+                shape.describe(),
                 rate / tcp_rate,
                 open.as_millis()
             );

@@ -14,10 +14,11 @@ use anyhow::{Context, bail};
 use clap::Args;
 use tracing::{info, warn};
 
-use super::node::{Node, parse_duration, parse_size};
+use super::node::{Node, TrustArgs, parse_duration, parse_size};
 use crate::fs::{self, Core, FsConfig, mounts};
 use crate::profile::Profile;
-use crate::transfer::engine::EngineConfig;
+use crate::signalling::events::MAX_LANES;
+use crate::transfer::engine::{DEFAULT_LANES, EngineConfig};
 
 #[derive(Debug, Args)]
 pub struct MountArgs {
@@ -33,9 +34,12 @@ pub struct MountArgs {
     /// How long offers made through this mount stay open (e.g. 10m, 2h)
     #[arg(long, value_name = "DUR", default_value = "1h", value_parser = parse_duration)]
     lifetime: Duration,
-    /// Make and show offers in public rooms too (off: offers are for rooms you trust)
-    #[arg(long)]
-    allow_public_rooms: bool,
+    #[command(flatten)]
+    trust: TrustArgs,
+    /// Extra connections per file read in range mode (0: one connection, as MSC2354)
+    #[arg(long, value_name = "N", default_value_t = DEFAULT_LANES,
+          value_parser = clap::value_parser!(u8).range(0..=i64::from(MAX_LANES)))]
+    lanes: u8,
     /// FUSE mount options, comma-separated (allow_other, allow_root, ro, noexec, …)
     #[arg(short = 'o', value_name = "OPTS")]
     options: Vec<String>,
@@ -153,8 +157,8 @@ async fn run_mounted(
     let node = Node::start(
         profile,
         EngineConfig {
-            allow_public_rooms: args.allow_public_rooms,
-            lifetime: args.lifetime,
+            lanes: args.lanes,
+            ..args.trust.engine_config(args.lifetime)
         },
     )
     .await?;

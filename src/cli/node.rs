@@ -13,6 +13,30 @@ use crate::signalling::sync::OwnDevice;
 use crate::transfer::engine::{Engine, EngineConfig};
 use crate::transport::webrtc::{WebRtcConfig, WebRtcConnector};
 
+/// Whom this device deals with: shared by `mount`, `send` and `recv`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct TrustArgs {
+    /// Make and show offers in public rooms too (off: offers are for rooms you trust)
+    #[arg(long)]
+    pub allow_public_rooms: bool,
+    /// Deal only with verified devices: offers and answers from devices this account has not
+    /// verified (cross-signing) are ignored, and encrypted rooms only
+    #[arg(long)]
+    pub verified_only: bool,
+}
+
+impl TrustArgs {
+    /// The engine's configuration for offers that live `lifetime`.
+    pub fn engine_config(&self, lifetime: Duration) -> EngineConfig {
+        EngineConfig {
+            allow_public_rooms: self.allow_public_rooms,
+            verified_only: self.verified_only,
+            lifetime,
+            ..EngineConfig::default()
+        }
+    }
+}
+
 /// A logged-in account with its engine running.
 pub struct Node {
     pub account: Account,

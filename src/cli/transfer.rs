@@ -9,7 +9,7 @@ use clap::Args;
 use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
 use tokio::sync::broadcast;
 
-use super::node::{Node, parse_duration};
+use super::node::{Node, TrustArgs, parse_duration};
 use crate::fs::names;
 use crate::profile::Profile;
 use crate::transfer::engine::{EngineConfig, TransferSnapshot};
@@ -29,9 +29,8 @@ pub struct SendArgs {
     /// How long each offer stays open (e.g. 10m, 2h)
     #[arg(long, value_name = "DUR", default_value = "1h", value_parser = parse_duration)]
     lifetime: Duration,
-    /// Offer in a public room too
-    #[arg(long)]
-    allow_public_rooms: bool,
+    #[command(flatten)]
+    trust: TrustArgs,
 }
 
 #[derive(Debug, Args)]
@@ -54,9 +53,8 @@ pub struct RecvArgs {
     /// Keep accepting new offers until Ctrl-C
     #[arg(long)]
     follow: bool,
-    /// Accept offers from public rooms too
-    #[arg(long)]
-    allow_public_rooms: bool,
+    #[command(flatten)]
+    trust: TrustArgs,
 }
 
 const FIRST_SYNC_LIMIT: Duration = Duration::from_secs(60);
@@ -119,14 +117,7 @@ pub fn send(profile: &Profile, args: SendArgs) -> anyhow::Result<()> {
         }
     }
     super::runtime()?.block_on(async {
-        let node = Node::start(
-            profile,
-            EngineConfig {
-                allow_public_rooms: args.allow_public_rooms,
-                lifetime: args.lifetime,
-            },
-        )
-        .await?;
+        let node = Node::start(profile, args.trust.engine_config(args.lifetime)).await?;
         let result = send_all(&node, &args).await;
         node.engine.shutdown().await;
         result
@@ -208,10 +199,7 @@ pub fn recv(profile: &Profile, args: RecvArgs) -> anyhow::Result<()> {
     super::runtime()?.block_on(async {
         let node = Node::start(
             profile,
-            EngineConfig {
-                allow_public_rooms: args.allow_public_rooms,
-                ..EngineConfig::default()
-            },
+            args.trust.engine_config(EngineConfig::default().lifetime),
         )
         .await?;
         let result = recv_all(&node, &args).await;

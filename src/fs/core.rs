@@ -1324,6 +1324,9 @@ fn common_xattrs(snapshot: &TransferSnapshot, state: String) -> Vec<(&'static st
     }
     if let Some(path) = &snapshot.path {
         attrs.push(("user.d2dfs.path", path.clone()));
+        // The transfer's own connection and its lanes.
+        let connections = 1 + u32::from(snapshot.lanes_open);
+        attrs.push(("user.d2dfs.connections", connections.to_string()));
     }
     if let Some(sha256) = &snapshot.sha256 {
         attrs.push(("user.d2dfs.sha256", sha256.clone()));
@@ -1369,6 +1372,7 @@ mod tests {
             range: true,
             offer_range: true,
             path: None,
+            lanes_open: 0,
         }
     }
 

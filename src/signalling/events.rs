@@ -11,7 +11,7 @@
 //! | key | in | meaning |
 //! |---|---|---|
 //! | `org.d2dfs.party_id` | all | the sending device (VoIP v1's `party_id`): tells answers, candidates and cancels of several devices of one user apart |
-//! | `org.d2dfs.range` | invite, answer | `{"version": 1}`: this side speaks the range protocol; used only when both sides advertise it |
+//! | `org.d2dfs.range` | invite, answer | `{"version": 1, "lanes": N}`: this side speaks the range protocol (used only when both sides advertise it) and takes up to `N` extra connections for it (`0` when absent; the smaller of the two numbers is used) |
 //! | `org.d2dfs.sha256` | invite | lowercase hex SHA-256 of the whole file, checked by a receiver that saw every byte |
 //! | `org.d2dfs.reason` | cancel | why the transfer ended (free text, shown to the user) |
 //!
@@ -42,6 +42,9 @@ pub const REASON_KEY: &str = "org.d2dfs.reason";
 
 /// Version of the range protocol this build speaks (see `man/d2dfs-protocol.7`).
 pub const RANGE_PROTOCOL_VERSION: u64 = 1;
+
+/// Most extra connections ("lanes") one range-mode transfer may use; larger claims are cut.
+pub const MAX_LANES: u8 = 15;
 
 /// Limits on what a peer may claim. Beyond them an event is ignored as absurd.
 pub mod limits {
@@ -118,6 +121,8 @@ pub struct Invite {
     pub party_id: Option<String>,
     /// The offerer speaks the range protocol.
     pub range: bool,
+    /// Extra connections the offerer takes for range mode (at most [`MAX_LANES`]).
+    pub lanes: u8,
     /// SHA-256 of the whole file.
     pub sha256: Option<[u8; 32]>,
 }
@@ -130,6 +135,8 @@ pub struct Answer {
     pub answer: SessionDescription,
     pub party_id: Option<String>,
     pub range: bool,
+    /// Extra connections the answerer takes for range mode (at most [`MAX_LANES`]).
+    pub lanes: u8,
 }
 
 /// `m.d2dfile.candidates`: ICE candidates of one side.
@@ -257,6 +264,7 @@ impl D2dEvent {
                     offer: raw.offer,
                     party_id,
                     range: advertises_range(object),
+                    lanes: advertised_lanes(object),
                     sha256: object.get(SHA256_KEY).and_then(parse_sha256),
                 })
             }
@@ -271,6 +279,7 @@ impl D2dEvent {
                     answer: raw.answer,
                     party_id,
                     range: advertises_range(object),
+                    lanes: advertised_lanes(object),
                 })
             }
             CANDIDATES => {
@@ -326,7 +335,7 @@ impl D2dEvent {
                     "offer": e.offer,
                 });
                 if e.range {
-                    c[RANGE_KEY] = json!({ "version": RANGE_PROTOCOL_VERSION });
+                    c[RANGE_KEY] = range_content(e.lanes);
                 }
                 if let Some(digest) = &e.sha256 {
                     c[SHA256_KEY] = json!(crate::hex::encode(digest));
@@ -340,7 +349,7 @@ impl D2dEvent {
                     "answer": e.answer,
                 });
                 if e.range {
-                    c[RANGE_KEY] = json!({ "version": RANGE_PROTOCOL_VERSION });
+                    c[RANGE_KEY] = range_content(e.lanes);
                 }
                 c
             }
@@ -456,6 +465,26 @@ fn advertises_range(object: &Map<String, Value>) -> bool {
         == Some(RANGE_PROTOCOL_VERSION)
 }
 
+/// Extra connections a range-mode side takes: 0 unless it speaks range mode and says so.
+fn advertised_lanes(object: &Map<String, Value>) -> u8 {
+    if !advertises_range(object) {
+        return 0;
+    }
+    object
+        .get(RANGE_KEY)
+        .and_then(|range| range.get("lanes"))
+        .and_then(Value::as_u64)
+        .map_or(0, |lanes| lanes.min(u64::from(MAX_LANES)) as u8)
+}
+
+fn range_content(lanes: u8) -> Value {
+    let mut content = json!({ "version": RANGE_PROTOCOL_VERSION });
+    if lanes > 0 {
+        content["lanes"] = json!(lanes.min(MAX_LANES));
+    }
+    content
+}
+
 fn extension_string(object: &Map<String, Value>, key: &str, max_len: usize) -> Option<String> {
     object
         .get(key)
@@ -545,7 +574,33 @@ mod tests {
         };
         assert_eq!(invite.party_id.as_deref(), Some("DEVICEA"));
         assert!(invite.range);
+        assert_eq!(invite.lanes, 0, "no lanes unless advertised");
         assert_eq!(invite.sha256, Some([0xab; 32]));
+    }
+
+    #[test]
+    fn lanes_are_read_and_bounded() {
+        for (claim, lanes) in [
+            (json!(3), 3),
+            (json!(1_000_000), MAX_LANES),
+            (json!(-1), 0),
+            (json!("8"), 0),
+            (json!(2.5), 0),
+        ] {
+            let mut content = msc_invite();
+            content[RANGE_KEY] = json!({ "version": 1, "lanes": claim });
+            let D2dEvent::Invite(invite) = D2dEvent::parse(INVITE, &content).unwrap() else {
+                panic!()
+            };
+            assert_eq!(invite.lanes, lanes, "{content}");
+        }
+        // Lanes without range mode mean nothing.
+        let mut content = msc_invite();
+        content[RANGE_KEY] = json!({ "version": 2, "lanes": 3 });
+        let D2dEvent::Invite(invite) = D2dEvent::parse(INVITE, &content).unwrap() else {
+            panic!()
+        };
+        assert_eq!((invite.range, invite.lanes), (false, 0));
     }
 
     #[test]
@@ -676,6 +731,7 @@ mod tests {
                 },
                 party_id: Some("DEV".into()),
                 range: true,
+                lanes: 7,
                 sha256: Some([7; 32]),
             }),
             D2dEvent::Answer(Answer {
@@ -687,6 +743,7 @@ mod tests {
                 },
                 party_id: None,
                 range: true,
+                lanes: 0,
             }),
             D2dEvent::Candidates(Candidates {
                 transfer_id: "t1".into(),

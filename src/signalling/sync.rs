@@ -9,14 +9,22 @@
 //! - At start, and whenever a room's timeline comes back `limited` (a gap), it reads recent room
 //!   history, so offers sent while it was offline — or seen before a restart — that are still
 //!   inside their lifetime are caught. The transfer layer drops duplicates by event id.
+//! - An encrypted event whose room key has not arrived yet (keys travel as to-device messages
+//!   and may come a sync later) is kept and decrypted again after every round, for a while.
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::collections::VecDeque;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use matrix_sdk::config::SyncSettings;
-use matrix_sdk::deserialized_responses::{EncryptionInfo, TimelineEvent, VerificationState};
+use matrix_sdk::deserialized_responses::{
+    EncryptionInfo, TimelineEvent, TimelineEventKind, VerificationState,
+};
 use matrix_sdk::room::MessagesOptions;
 use matrix_sdk::ruma::api::client::filter::FilterDefinition;
 use matrix_sdk::ruma::api::client::sync::sync_events::v3::Filter;
+use matrix_sdk::ruma::events::AnySyncTimelineEvent;
+use matrix_sdk::ruma::events::room::encrypted::OriginalSyncRoomEncryptedEvent;
+use matrix_sdk::ruma::serde::Raw;
 use matrix_sdk::ruma::{OwnedDeviceId, OwnedEventId, OwnedRoomId, OwnedUserId};
 use matrix_sdk::{Client, Room, RoomState};
 use serde_json::Value;
@@ -187,6 +195,7 @@ pub async fn run(
     let filter = Filter::FilterDefinition(FilterDefinition::with_lazy_loading());
     let mut backoff = Backoff::new();
     let mut caught_up = false;
+    let mut undecrypted = Undecrypted::default();
     loop {
         let settings = SyncSettings::default()
             .filter(filter.clone())
@@ -219,7 +228,7 @@ pub async fn run(
         if !caught_up {
             // Offers from before this run (or before a gap) that are still live.
             for room in client.joined_rooms() {
-                if !read_history(&room, None, &me, &output).await {
+                if !read_history(&room, None, &me, &output, &mut undecrypted).await {
                     return;
                 }
             }
@@ -235,15 +244,19 @@ pub async fn run(
             };
             if update.timeline.limited && caught_up {
                 info!(%room_id, "timeline gap; reading history");
-                if !read_history(&room, update.timeline.prev_batch.clone(), &me, &output).await {
+                let from = update.timeline.prev_batch.clone();
+                if !read_history(&room, from, &me, &output, &mut undecrypted).await {
                     return;
                 }
             }
             for event in &update.timeline.events {
-                if !forward(&room, event, &me, &output).await {
+                if !forward(&room, event, &me, &output, &mut undecrypted).await {
                     return;
                 }
             }
+        }
+        if !undecrypted.retry(&me, &output).await {
+            return;
         }
         if (membership_changed || !caught_up)
             && output.send(SyncOutput::RoomsChanged).await.is_err()
@@ -274,13 +287,59 @@ fn is_state_event(event: &TimelineEvent) -> bool {
         .is_some()
 }
 
-/// Passes one timeline event on if it is signalling; false when the receiver is gone.
+/// Encrypted events that could not be decrypted yet, oldest first.
+#[derive(Default)]
+struct Undecrypted {
+    events: VecDeque<(Room, Raw<AnySyncTimelineEvent>, Instant)>,
+}
+
+impl Undecrypted {
+    /// Most events kept; beyond it the oldest are given up.
+    const MAX: usize = 256;
+    /// How long an event waits for its key.
+    const WAIT: Duration = Duration::from_secs(600);
+
+    fn keep(&mut self, room: &Room, event: &TimelineEvent) {
+        if self.events.len() == Self::MAX {
+            self.events.pop_front();
+        }
+        self.events
+            .push_back((room.clone(), event.raw().clone(), Instant::now()));
+    }
+
+    /// Decrypts again what waits; passes on what now decrypts. False when the receiver is gone.
+    async fn retry(&mut self, me: &OwnDevice, output: &mpsc::Sender<SyncOutput>) -> bool {
+        let waiting = std::mem::take(&mut self.events);
+        for (room, raw, since) in waiting {
+            let encrypted = raw.cast_ref_unchecked::<OriginalSyncRoomEncryptedEvent>();
+            match room.decrypt_event(encrypted, None).await {
+                Ok(event) if !matches!(event.kind, TimelineEventKind::UnableToDecrypt { .. }) => {
+                    debug!(room_id = %room.room_id(), "late room key: event decrypted");
+                    if !forward(&room, &event, me, output, self).await {
+                        return false;
+                    }
+                }
+                _ if since.elapsed() < Self::WAIT => self.events.push_back((room, raw, since)),
+                _ => debug!(room_id = %room.room_id(), "gave up on an undecryptable event"),
+            }
+        }
+        true
+    }
+}
+
+/// Passes one timeline event on if it is signalling (keeps it for later if it could not be
+/// decrypted yet); false when the receiver is gone.
 async fn forward(
     room: &Room,
     event: &TimelineEvent,
     me: &OwnDevice,
     output: &mpsc::Sender<SyncOutput>,
+    undecrypted: &mut Undecrypted,
 ) -> bool {
+    if matches!(event.kind, TimelineEventKind::UnableToDecrypt { .. }) {
+        undecrypted.keep(room, event);
+        return true;
+    }
     let Ok(json) = serde_json::from_str::<Value>(event.raw().json().get()) else {
         return true;
     };
@@ -316,6 +375,7 @@ async fn read_history(
     from: Option<String>,
     me: &OwnDevice,
     output: &mpsc::Sender<SyncOutput>,
+    undecrypted: &mut Undecrypted,
 ) -> bool {
     if room.state() != RoomState::Joined {
         return true;
@@ -352,7 +412,7 @@ async fn read_history(
     }
     debug!(room_id = %room.room_id(), events = collected.len(), "read history");
     for event in collected.iter().rev() {
-        if !forward(room, event, me, output).await {
+        if !forward(room, event, me, output, undecrypted).await {
             return false;
         }
     }

@@ -8,7 +8,7 @@
 use std::collections::HashMap;
 use std::num::NonZeroUsize;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -23,12 +23,13 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
+use super::lanes::{self, LaneRole};
 use super::lifecycle::{Action, OfferInfo, Party, Phase, Role, Transfer};
 use super::range::{self, RangeClient, RangeSource};
 use crate::cache::spool::{self, SpoolReader, SpoolWriter};
 use crate::hex;
 use crate::signalling::events::{
-    Answer, Cancel, Candidate, Candidates, D2dEvent, FileInfo, Invite, SelectAnswer,
+    Answer, Cancel, Candidate, Candidates, D2dEvent, FileInfo, Invite, MAX_LANES, SelectAnswer,
     SessionDescription, limits,
 };
 use crate::signalling::sync::{self, IncomingEvent, OwnDevice, SyncOutput, now_ms};
@@ -42,6 +43,11 @@ pub struct EngineConfig {
     pub allow_public_rooms: bool,
     /// Lifetime of the offers this device makes.
     pub lifetime: Duration,
+    /// Deal only with devices this account verified (cross-signed by a verified identity, or
+    /// our own devices we signed): offers and answers from any other device are ignored.
+    pub verified_only: bool,
+    /// Extra connections ("lanes") a range-mode transfer may use, offering or answering.
+    pub lanes: u8,
 }
 
 impl Default for EngineConfig {
@@ -49,9 +55,15 @@ impl Default for EngineConfig {
         Self {
             allow_public_rooms: false,
             lifetime: Duration::from_secs(600),
+            verified_only: false,
+            lanes: DEFAULT_LANES,
         }
     }
 }
+
+/// Extra connections per range-mode transfer unless configured: with the first, eight
+/// webrtc-rs associations, which is where the benchmark stops gaining on two cores.
+pub const DEFAULT_LANES: u8 = 7;
 
 /// Why an engine call was refused.
 #[derive(Debug, thiserror::Error)]
@@ -118,6 +130,8 @@ pub struct TransferSnapshot {
     pub offer_range: bool,
     /// Once connected: `direct` or `relay`.
     pub path: Option<String>,
+    /// Extra connections ("lanes") open for this transfer so far.
+    pub lanes_open: u8,
 }
 
 /// Commands to a transfer's peer task.
@@ -149,6 +163,11 @@ struct Entry {
     source: Option<PathBuf>,
     /// Once connected: `direct` or `relay`.
     path: Option<String>,
+    /// Extra connections: (receiving) those the invite offered, then those agreed on
+    /// answering; (sending) those agreed with the answer taken.
+    lanes: u8,
+    /// Extra connections opened so far.
+    lanes_open: Arc<AtomicU8>,
 }
 
 impl Entry {
@@ -172,6 +191,7 @@ impl Entry {
             range: t.range,
             offer_range: t.offer.range,
             path: self.path.clone(),
+            lanes_open: self.lanes_open.load(Ordering::Relaxed),
         }
     }
 }
@@ -404,6 +424,7 @@ impl Engine {
             },
             party_id: self.party().party_id,
             range: offer.range,
+            lanes: self.inner.config.lanes,
             sha256: offer.sha256,
         });
         let transfer = Transfer::new_outgoing(
@@ -426,6 +447,8 @@ impl Engine {
                     remote_offer: None,
                     source: Some(path.to_owned()),
                     path: None,
+                    lanes: 0,
+                    lanes_open: Arc::default(),
                 },
             );
         }
@@ -525,7 +548,7 @@ impl Engine {
         // The command channel exists from the moment we answer: candidates that arrive while
         // the peer is being made queue there instead of being lost.
         let (commands_tx, commands_rx) = mpsc::unbounded_channel();
-        let (room_id, offer_sdp, bytes_moved) = {
+        let (room_id, offer_sdp, bytes_moved, lanes) = {
             let mut state = self.lock();
             let entry = state
                 .transfers
@@ -539,11 +562,17 @@ impl Engine {
                 let _ = commands_tx.send(PeerCommand::AddCandidates(pending));
             }
             entry.commands = Some(commands_tx);
+            entry.lanes = if range {
+                entry.lanes.min(self.inner.config.lanes)
+            } else {
+                0
+            };
             let offer_sdp = entry.remote_offer.clone().unwrap_or_default();
             (
                 entry.transfer.room_id.clone(),
                 offer_sdp,
                 entry.bytes_moved.clone(),
+                entry.lanes,
             )
         };
         self.publish(transfer_id);
@@ -572,6 +601,7 @@ impl Engine {
                 },
                 party_id: self.party().party_id,
                 range,
+                lanes,
             }),
         );
         tokio::spawn(self.clone().drive_peer(
@@ -766,6 +796,16 @@ impl Engine {
         };
         let now = now_ms();
         let transfer_id = incoming.event.transfer_id().to_owned();
+        let opens_a_transfer = matches!(incoming.event, D2dEvent::Invite(_) | D2dEvent::Answer(_));
+        let verified = incoming.decryption.as_ref().is_some_and(|d| d.verified);
+        if self.inner.config.verified_only && opens_a_transfer && !verified {
+            info!(
+                %transfer_id,
+                sender = %incoming.sender,
+                "ignored an offer or answer from an unverified device (verified-only)"
+            );
+            return;
+        }
         match incoming.event {
             D2dEvent::Invite(invite) => self.handle_invite(
                 &incoming.room_id,
@@ -777,9 +817,18 @@ impl Engine {
             ),
             D2dEvent::Answer(answer) => {
                 let event_id = incoming.event_id.to_string();
+                let answerer = from.clone();
                 self.apply_to(&transfer_id, |t| {
                     t.on_answer(from, &event_id, &answer.answer.sdp, answer.range, now)
                 });
+                // The answer taken sets how many lanes the transfer gets.
+                if let Some(entry) = self.lock().transfers.get_mut(&transfer_id)
+                    && entry.transfer.role == Role::Sending
+                    && entry.transfer.range
+                    && entry.transfer.peer.as_ref() == Some(&answerer)
+                {
+                    entry.lanes = answer.lanes.min(self.inner.config.lanes);
+                }
             }
             D2dEvent::Candidates(candidates) => {
                 self.apply_to(&transfer_id, |t| {
@@ -846,6 +895,8 @@ impl Engine {
                 remote_offer: Some(invite.offer.sdp),
                 source: None,
                 path: None,
+                lanes: invite.lanes,
+                lanes_open: Arc::default(),
             },
         );
         drop(state);
@@ -899,7 +950,12 @@ impl Engine {
         job: DataJob,
         bytes_moved: Arc<AtomicU64>,
     ) {
+        let peer: Arc<dyn Peer> = Arc::from(peer);
         let mut job = Some(job);
+        // Channels of the extra connections ("lanes"), for the data job.
+        let (lanes_tx, lanes_rx) = mpsc::channel(usize::from(MAX_LANES) + 1);
+        let mut lanes_rx = Some(lanes_rx);
+        let mut lanes_task: Option<tokio::task::JoinHandle<()>> = None;
         let mut batch: Vec<Candidate> = Vec::new();
         let mut flush_at: Option<Instant> = None;
         let mut data_task: Option<tokio::task::JoinHandle<()>> = None;
@@ -958,15 +1014,31 @@ impl Engine {
                         flush_at = None;
                         self.send_candidates(&room_id, &transfer_id, std::mem::take(&mut batch), party_id.clone());
                     }
+                    Some(PeerEvent::Connected(channel)) if channel.label() == lanes::CONTROL_LABEL => {
+                        // (Receiving) the sender opens lanes.
+                        let count = self.lock().transfers.get(&transfer_id).map_or(0, |e| e.lanes);
+                        if count > 0 && lanes_task.is_none() {
+                            lanes_task = Some(tokio::spawn(self.clone().run_lanes(transfer_id.clone(), LaneRole::Answering, None, Some(channel), count, lanes_tx.clone(),
+                            )));
+                        }
+                    }
                     Some(PeerEvent::Connected(channel)) => {
                         let path = peer.path().await;
                         if let Some(entry) = self.lock().transfers.get_mut(&transfer_id) {
                             entry.path = path;
                         }
                         self.apply_to(&transfer_id, |t| { t.on_connected(); Vec::new() });
-                        if let Some(job) = job.take() {
+                        let (sending, count) = self.lock().transfers.get(&transfer_id).map_or(
+                            (false, 0),
+                            |e| (e.transfer.role == Role::Sending && e.transfer.range, e.lanes),
+                        );
+                        if sending && count > 0 && lanes_task.is_none() {
+                            lanes_task = Some(tokio::spawn(self.clone().run_lanes(transfer_id.clone(), LaneRole::Offering, Some(peer.clone()), None, count, lanes_tx.clone(),
+                            )));
+                        }
+                        if let (Some(job), Some(more)) = (job.take(), lanes_rx.take()) {
                             data_task = Some(tokio::spawn(self.clone().run_data_job(
-                                transfer_id.clone(), channel, job, bytes_moved.clone(),
+                                transfer_id.clone(), channel, more, job, bytes_moved.clone(),
                             )));
                         }
                     }
@@ -983,10 +1055,10 @@ impl Engine {
                 },
             }
         }
-        if let Some(task) = data_task
-            && !task.is_finished()
-        {
-            task.abort();
+        for task in [data_task, lanes_task].into_iter().flatten() {
+            if !task.is_finished() {
+                task.abort();
+            }
         }
         peer.close().await;
         debug!(%transfer_id, "peer closed");
@@ -1012,22 +1084,74 @@ impl Engine {
         );
     }
 
+    /// Runs a range-mode transfer's lanes: the sending side opens the control channel on
+    /// `peer`, the receiving side was given it.
+    async fn run_lanes(
+        self,
+        transfer_id: String,
+        role: LaneRole,
+        peer: Option<Arc<dyn Peer>>,
+        control: Option<Box<dyn Channel>>,
+        count: u8,
+        opened: mpsc::Sender<Box<dyn Channel>>,
+    ) {
+        let control = match (control, peer) {
+            (Some(control), _) => control,
+            (None, Some(peer)) => match peer.open_channel(lanes::CONTROL_LABEL).await {
+                Ok(control) => control,
+                Err(error) => {
+                    debug!(%error, "no lanes: the control channel did not open");
+                    return;
+                }
+            },
+            (None, None) => return,
+        };
+        let ice = self.inner.turn.get().await;
+        // Count the lanes on their way to the data job.
+        let counter = self
+            .lock()
+            .transfers
+            .get(&transfer_id)
+            .map(|e| e.lanes_open.clone());
+        let (counted, mut to_count) = mpsc::channel::<Box<dyn Channel>>(1);
+        tokio::spawn(async move {
+            while let Some(channel) = to_count.recv().await {
+                if let Some(counter) = &counter {
+                    counter.fetch_add(1, Ordering::Relaxed);
+                }
+                if opened.send(channel).await.is_err() {
+                    return;
+                }
+            }
+        });
+        lanes::run(
+            role,
+            self.inner.connector.clone(),
+            ice,
+            control,
+            count,
+            counted,
+        )
+        .await;
+    }
+
     async fn run_data_job(
         self,
         transfer_id: String,
         mut channel: Box<dyn Channel>,
+        more: mpsc::Receiver<Box<dyn Channel>>,
         job: DataJob,
         bytes_moved: Arc<AtomicU64>,
     ) {
         let result = match job {
             DataJob::SendFile(path) => match self.transfer(&transfer_id) {
                 Some(t) if t.range => {
-                    range::serve(&mut *channel, &path, t.size, &bytes_moved).await
+                    serve_lanes(&mut *channel, more, &path, t.size, &bytes_moved).await
                 }
                 Some(_) => send_file(&mut *channel, &path, &bytes_moved).await,
                 None => return,
             },
-            DataJob::ReceiveRanges(client) => client.run(&mut *channel, &bytes_moved).await,
+            DataJob::ReceiveRanges(client) => client.run(channel, more, bytes_moved.clone()).await,
             DataJob::ReceiveSpool(writer) => {
                 let sha256 = match self.transfer(&transfer_id) {
                     Some(t) => t.sha256,
@@ -1054,6 +1178,33 @@ impl Engine {
             Err(reason) => {
                 warn!(%transfer_id, %reason, "transfer failed");
                 self.apply_to(&transfer_id, |t| t.on_failed(&reason));
+            }
+        }
+    }
+}
+
+/// Range mode, sending side: serves the first channel and every lane that opens, until the
+/// receiver closes the first (the transfer is over; the lanes go with it).
+async fn serve_lanes(
+    first: &mut dyn Channel,
+    mut more: mpsc::Receiver<Box<dyn Channel>>,
+    path: &Path,
+    size: u64,
+    moved: &Arc<AtomicU64>,
+) -> Result<(), String> {
+    let mut lanes = tokio::task::JoinSet::new();
+    let main = range::serve(first, path, size, moved);
+    tokio::pin!(main);
+    loop {
+        tokio::select! {
+            result = &mut main => return result,
+            Some(mut channel) = more.recv() => {
+                let (path, moved) = (path.to_owned(), moved.clone());
+                lanes.spawn(async move {
+                    if let Err(error) = range::serve(&mut *channel, &path, size, &moved).await {
+                        debug!(%error, "lane ended");
+                    }
+                });
             }
         }
     }

@@ -3,7 +3,9 @@
 
 use std::collections::HashMap;
 use std::path::Path;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use tokio::io::{AsyncReadExt, AsyncSeekExt};
@@ -16,6 +18,21 @@ use crate::transport::frames::{ErrorCode, Frame, MAX_REQUEST, check_request};
 /// Payload of one DATA frame: with its 16 bytes of header and offset, one 64 KiB message,
 /// the largest every WebRTC stack accepts by default.
 pub const DATA_PAYLOAD: usize = 64 * 1024 - 16;
+
+/// Longest a sender waits for the receiver to take a frame: a receiver that stops reading
+/// (a dead or hostile peer) is cut off instead of holding the transfer forever.
+pub const SEND_STALL_LIMIT: Duration = Duration::from_secs(60);
+
+/// Sends one frame, giving up on a receiver that takes nothing for [`SEND_STALL_LIMIT`].
+async fn send_frame(channel: &mut dyn Channel, frame: Bytes) -> Result<(), String> {
+    match tokio::time::timeout(SEND_STALL_LIMIT, channel.send(frame)).await {
+        Ok(sent) => sent.map_err(|e| e.to_string()),
+        Err(_) => Err(format!(
+            "the receiver took nothing for {} s",
+            SEND_STALL_LIMIT.as_secs()
+        )),
+    }
+}
 
 /// Why a range could not be had.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -55,7 +72,7 @@ pub async fn serve(
                     code: ErrorCode::Malformed,
                     message: error.to_string(),
                 };
-                let _ = channel.send(reply.encode()).await;
+                let _ = send_frame(channel, reply.encode()).await;
                 return Err(format!("the receiver broke the range protocol: {error}"));
             }
         };
@@ -74,10 +91,7 @@ pub async fn serve(
                 code,
                 message: format!("range {offset}+{length} is outside the {size}-byte file"),
             };
-            channel
-                .send(reply.encode())
-                .await
-                .map_err(|e| e.to_string())?;
+            send_frame(channel, reply.encode()).await?;
             continue;
         }
         file.seek(std::io::SeekFrom::Start(offset))
@@ -96,10 +110,7 @@ pub async fn serve(
                 last: position + want as u64 == end,
                 payload: Bytes::copy_from_slice(&buffer[..want]),
             };
-            channel
-                .send(frame.encode())
-                .await
-                .map_err(|e| e.to_string())?;
+            send_frame(channel, frame.encode()).await?;
             position += want as u64;
             moved.fetch_add(want as u64, Ordering::Relaxed);
         }
@@ -115,6 +126,10 @@ struct Pending {
 }
 
 type Ask = (u64, u32, oneshot::Sender<Result<Bytes, RangeError>>);
+
+/// Requests one lane keeps in flight: enough to keep its channel busy while the next answer
+/// is on its way, few enough that every lane gets work.
+const LANE_DEPTH: usize = 4;
 
 /// Receiving side: a cheap handle that fetches ranges of the offered file.
 #[derive(Clone)]
@@ -146,62 +161,132 @@ impl RangeSource {
     }
 }
 
-/// Makes the handle and the task that will own the channel once it is open.
+/// Makes the handle and the task that will own the channels once they are open.
 pub fn client(size: u64) -> (RangeSource, RangeClient) {
     let (asks, incoming) = mpsc::channel(256);
-    (RangeSource { asks, size }, RangeClient { incoming })
+    let retry = asks.downgrade();
+    (RangeSource { asks, size }, RangeClient { incoming, retry })
 }
 
-/// The receiving side's half that drives the channel.
+/// The receiving side's half that drives the channels ("lanes").
 pub struct RangeClient {
     incoming: mpsc::Receiver<Ask>,
+    /// Where a failed lane hands back what it owed (weak: it must not keep the queue open).
+    retry: mpsc::WeakSender<Ask>,
 }
 
+/// The queue every lane takes requests from: an idle lane takes the next one.
+type AskQueue = Arc<tokio::sync::Mutex<mpsc::Receiver<Ask>>>;
+
 impl RangeClient {
-    /// Sends requests and places answers until every [`RangeSource`] is dropped (then closes
-    /// the channel: the transfer is over) or the connection fails.
-    pub async fn run(mut self, channel: &mut dyn Channel, moved: &AtomicU64) -> Result<(), String> {
-        let mut pending: HashMap<u32, Pending> = HashMap::new();
-        let mut next_id: u32 = 1;
+    /// Sends requests and places answers over `first` and every further channel that comes
+    /// through `more`, until every [`RangeSource`] is dropped (then closes the first: the
+    /// transfer is over) or the first channel fails. A further lane that fails is dropped;
+    /// the others take over its requests.
+    pub async fn run(
+        self,
+        first: Box<dyn Channel>,
+        mut more: mpsc::Receiver<Box<dyn Channel>>,
+        moved: Arc<AtomicU64>,
+    ) -> Result<(), String> {
+        let queue: AskQueue = Arc::new(tokio::sync::Mutex::new(self.incoming));
+        let mut lanes = tokio::task::JoinSet::new();
+        let first_lane = lanes
+            .spawn(lane(
+                first,
+                queue.clone(),
+                self.retry.clone(),
+                moved.clone(),
+            ))
+            .id();
+        let mut more_open = true;
         loop {
             tokio::select! {
-                ask = self.incoming.recv() => {
-                    let Some((offset, length, reply)) = ask else {
-                        return channel.close().await.map_err(|e| e.to_string());
-                    };
-                    let request_id = next_id;
-                    next_id = next_id.wrapping_add(1).max(1);
-                    let frame = Frame::Request { request_id, offset, length };
-                    if channel.send(frame.encode()).await.is_err() {
-                        let _ = reply.send(Err(RangeError::Disconnected));
-                        return Err("the connection closed".to_owned());
+                channel = more.recv(), if more_open => match channel {
+                    Some(channel) => {
+                        lanes.spawn(lane(channel, queue.clone(), self.retry.clone(), moved.clone()));
                     }
-                    pending.insert(request_id, Pending {
-                        offset,
-                        length: length as usize,
-                        // Our own request's length, bounded by MAX_REQUEST: not the peer's word.
-                        data: BytesMut::with_capacity(length as usize),
-                        reply,
-                    });
-                }
-                message = channel.recv() => {
-                    let Some(Ok(message)) = message else {
-                        for (_, p) in pending.drain() {
-                            let _ = p.reply.send(Err(RangeError::Disconnected));
-                        }
-                        return Err("the connection closed".to_owned());
-                    };
-                    if let Err(error) = place(&mut pending, message, moved) {
-                        warn!(%error, "range protocol error");
-                        for (_, p) in pending.drain() {
-                            let _ = p.reply.send(Err(error.clone()));
-                        }
-                        return Err(error.to_string());
+                    None => more_open = false,
+                },
+                done = lanes.join_next_with_id() => match done {
+                    None => return Ok(()),
+                    Some(Ok((id, result))) if id == first_lane => {
+                        // Over (every source dropped) or failed: either way the other lanes
+                        // owe nobody anything and go with their connections.
+                        return result;
                     }
-                }
+                    Some(Ok((_, Err(error)))) => warn!(%error, "a lane failed; the others take its requests"),
+                    Some(Ok((_, Ok(())))) => {
+                        if lanes.is_empty() {
+                            return Ok(());
+                        }
+                    }
+                    Some(Err(error)) => return Err(format!("a lane stopped: {error}")),
+                },
             }
         }
     }
+}
+
+/// One lane: takes requests from the shared queue while it has room, places the answers.
+async fn lane(
+    mut channel: Box<dyn Channel>,
+    queue: AskQueue,
+    retry: mpsc::WeakSender<Ask>,
+    moved: Arc<AtomicU64>,
+) -> Result<(), String> {
+    let mut pending: HashMap<u32, Pending> = HashMap::new();
+    let mut next_id: u32 = 1;
+    let failure = loop {
+        tokio::select! {
+            ask = async { queue.lock().await.recv().await }, if pending.len() < LANE_DEPTH => {
+                let Some((offset, length, reply)) = ask else {
+                    // Every source is gone: the transfer is over.
+                    return channel.close().await.map_err(|e| e.to_string());
+                };
+                let request_id = next_id;
+                next_id = next_id.wrapping_add(1).max(1);
+                pending.insert(request_id, Pending {
+                    offset,
+                    length: length as usize,
+                    // Our own request's length, bounded by MAX_REQUEST: not the peer's word.
+                    data: BytesMut::with_capacity(length as usize),
+                    reply,
+                });
+                let frame = Frame::Request { request_id, offset, length };
+                if channel.send(frame.encode()).await.is_err() {
+                    break "the connection closed".to_owned();
+                }
+            }
+            message = channel.recv() => {
+                let Some(Ok(message)) = message else {
+                    break "the connection closed".to_owned();
+                };
+                if let Err(error) = place(&mut pending, message, &moved) {
+                    warn!(%error, "range protocol error");
+                    for (_, p) in pending.drain() {
+                        let _ = p.reply.send(Err(error.clone()));
+                    }
+                    return Err(error.to_string());
+                }
+            }
+        }
+    };
+    // Hand what this lane still owed to the others; with none left, the readers learn why.
+    for (_, request) in pending.drain() {
+        let ask = (request.offset, request.length as u32, request.reply);
+        match retry.upgrade() {
+            Some(queue) => {
+                if let Err(mpsc::error::SendError((_, _, reply))) = queue.send(ask).await {
+                    let _ = reply.send(Err(RangeError::Disconnected));
+                }
+            }
+            None => {
+                let _ = ask.2.send(Err(RangeError::Disconnected));
+            }
+        }
+    }
+    Err(failure)
 }
 
 /// Puts one answer frame where it belongs.
@@ -257,5 +342,193 @@ fn place(
             Ok(())
         }
         other => Err(RangeError::Protocol(format!("unexpected frame {other:?}"))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! A hostile receiver against the real [`serve`], over in-process channels.
+    use super::*;
+    use crate::transport::frames::MAX_FRAME;
+    use crate::transport::memory;
+
+    fn file(len: usize) -> (tempfile::NamedTempFile, Vec<u8>) {
+        let data: Vec<u8> = (0..len).map(|i| (i * 7 % 251) as u8).collect();
+        let mut file = tempfile::NamedTempFile::new().unwrap();
+        std::io::Write::write_all(&mut file, &data).unwrap();
+        (file, data)
+    }
+
+    fn request(request_id: u32, offset: u64, length: u32) -> Bytes {
+        Frame::Request {
+            request_id,
+            offset,
+            length,
+        }
+        .encode()
+    }
+
+    async fn next_frame(channel: &mut memory::MemoryChannel) -> Frame {
+        let message = channel.recv().await.unwrap().unwrap();
+        Frame::decode(message).unwrap()
+    }
+
+    #[tokio::test]
+    async fn requests_outside_the_file_are_refused_and_serving_goes_on() {
+        let (file, data) = file(100_000);
+        let (mut ours, mut theirs) = memory::pair(16);
+        let moved = AtomicU64::new(0);
+        let peer = async {
+            for (id, offset, length) in [(1, 99_999, 2), (2, 100_000, 1), (3, 1 << 40, 1)] {
+                theirs.send(request(id, offset, length)).await.unwrap();
+                match next_frame(&mut theirs).await {
+                    Frame::Error {
+                        request_id, code, ..
+                    } => assert_eq!((request_id, code), (id, ErrorCode::OutOfRange)),
+                    other => panic!("{other:?}"),
+                }
+            }
+            theirs.send(request(4, 10, 5)).await.unwrap();
+            match next_frame(&mut theirs).await {
+                Frame::Data { payload, last, .. } => {
+                    assert!(last);
+                    assert_eq!(&payload[..], &data[10..15]);
+                }
+                other => panic!("{other:?}"),
+            }
+            theirs.close().await.unwrap();
+        };
+        let (served, ()) = tokio::join!(serve(&mut ours, file.path(), 100_000, &moved), peer);
+        served.unwrap();
+        assert_eq!(
+            moved.load(Ordering::Relaxed),
+            5,
+            "only the served bytes count"
+        );
+    }
+
+    #[tokio::test]
+    async fn garbage_cuts_the_peer_off_with_a_reason() {
+        let (file, _) = file(1000);
+        let (mut ours, mut theirs) = memory::pair(16);
+        theirs
+            .send(Bytes::from_static(b"\x09garbage"))
+            .await
+            .unwrap();
+        let served = serve(&mut ours, file.path(), 1000, &AtomicU64::new(0)).await;
+        assert!(served.unwrap_err().contains("broke the range protocol"));
+        assert!(matches!(
+            next_frame(&mut theirs).await,
+            Frame::Error {
+                code: ErrorCode::Malformed,
+                ..
+            }
+        ));
+    }
+
+    #[tokio::test]
+    async fn oversized_messages_are_refused_not_allocated() {
+        let (file, _) = file(1000);
+        let (mut ours, mut theirs) = memory::pair(16);
+        let mut huge = request(1, 0, 10).to_vec();
+        huge.resize(MAX_FRAME + 1, 0);
+        theirs.send(Bytes::from(huge)).await.unwrap();
+        let served = serve(&mut ours, file.path(), 1000, &AtomicU64::new(0)).await;
+        assert!(served.is_err());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_flood_from_a_peer_that_never_reads_is_cut_off() {
+        let (file, _) = file(4 << 20);
+        let (mut ours, mut theirs) = memory::pair(8);
+        // Thousands of requests for the whole file, and not one answer read.
+        let flood = tokio::spawn(async move {
+            for id in 1..=10_000u32 {
+                if theirs.send(request(id, 0, 4 << 20)).await.is_err() {
+                    break;
+                }
+            }
+            theirs // kept alive, never read
+        });
+        let moved = AtomicU64::new(0);
+        let served = serve(&mut ours, file.path(), 4 << 20, &moved).await;
+        assert!(served.unwrap_err().contains("took nothing"));
+        // What went out is what the channel's queue held: the flood allocated nothing here.
+        assert!(moved.load(Ordering::Relaxed) <= 9 * DATA_PAYLOAD as u64);
+        drop(ours);
+        drop(flood.await.unwrap());
+    }
+
+    #[tokio::test]
+    async fn one_hostile_peer_does_not_slow_another() {
+        let (file, data) = file(1 << 20);
+        let (mut bad_ours, mut bad_theirs) = memory::pair(16);
+        let (mut good_ours, mut good_theirs) = memory::pair(16);
+        let size = data.len() as u64;
+        let path = file.path().to_owned();
+        let bad = tokio::spawn(async move {
+            bad_theirs.send(Bytes::from_static(b"junk")).await.unwrap();
+            serve(&mut bad_ours, &path, size, &AtomicU64::new(0)).await
+        });
+        let path = file.path().to_owned();
+        let good =
+            tokio::spawn(
+                async move { serve(&mut good_ours, &path, size, &AtomicU64::new(0)).await },
+            );
+        good_theirs.send(request(1, 0, 1 << 20)).await.unwrap();
+        let mut received = Vec::new();
+        loop {
+            match next_frame(&mut good_theirs).await {
+                Frame::Data { payload, last, .. } => {
+                    received.extend_from_slice(&payload);
+                    if last {
+                        break;
+                    }
+                }
+                other => panic!("{other:?}"),
+            }
+        }
+        assert_eq!(received, data);
+        assert!(bad.await.unwrap().is_err());
+        good_theirs.close().await.unwrap();
+        good.await.unwrap().unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_failed_lane_hands_its_requests_to_the_others() {
+        let (file, data) = file(1 << 20);
+        let size = data.len() as u64;
+        let (source, client) = client(size);
+        let (first_ours, mut first_theirs) = memory::pair(64);
+        let (second_ours, mut second_theirs) = memory::pair(64);
+        let (more_tx, more_rx) = mpsc::channel::<Box<dyn Channel>>(1);
+        more_tx.send(Box::new(second_ours)).await.unwrap();
+        let run = tokio::spawn(client.run(Box::new(first_ours), more_rx, Arc::default()));
+        let fetches: Vec<_> = (0..8u64)
+            .map(|i| {
+                let source = source.clone();
+                tokio::spawn(async move { source.fetch(i << 17, 1 << 17).await })
+            })
+            .collect();
+        // The second lane's peer takes a request and vanishes; only then does the first
+        // lane's peer start answering.
+        let first_request = second_theirs.recv().await.unwrap().unwrap();
+        assert!(matches!(
+            Frame::decode(first_request),
+            Ok(Frame::Request { .. })
+        ));
+        drop(second_theirs);
+        let path = file.path().to_owned();
+        let server =
+            tokio::spawn(
+                async move { serve(&mut first_theirs, &path, size, &AtomicU64::new(0)).await },
+            );
+        for (i, fetch) in fetches.into_iter().enumerate() {
+            let got = fetch.await.unwrap().unwrap();
+            assert_eq!(&got[..], &data[i << 17..(i + 1) << 17]);
+        }
+        drop(source);
+        run.await.unwrap().unwrap();
+        server.await.unwrap().unwrap();
     }
 }

@@ -10,6 +10,7 @@ use bytes::Bytes;
 use tokio::sync::mpsc;
 
 pub mod frames;
+pub mod memory;
 pub mod webrtc;
 
 use crate::signalling::events::Candidate;
@@ -69,11 +70,26 @@ pub trait Peer: Send + Sync {
     async fn path(&self) -> Option<String> {
         None
     }
+    /// (Sending side, once connected) Opens one more data channel on this connection and waits
+    /// until it is open; the other side sees it as another [`PeerEvent::Connected`].
+    async fn open_channel(&self, label: &str) -> Result<Box<dyn Channel>, TransportError> {
+        let _ = label;
+        Err(TransportError::Other(
+            "this transport has one channel per connection".to_owned(),
+        ))
+    }
 }
+
+/// Label of the data channel every transfer starts with (MSC2354's one channel).
+pub const MAIN_LABEL: &str = "d2dfs";
 
 /// An open, reliable, ordered data channel.
 #[async_trait]
 pub trait Channel: Send {
+    /// The label the opening side gave it.
+    fn label(&self) -> &str {
+        MAIN_LABEL
+    }
     /// Sends one message; waits while the channel's send buffer is full (backpressure).
     async fn send(&mut self, message: Bytes) -> Result<(), TransportError>;
     /// The next message; `None` once the peer closed the channel.

@@ -13,6 +13,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::{Bytes, BytesMut};
+use rtc::peer_connection::configuration::setting_engine::SctpMaxMessageSize;
 use tokio::sync::mpsc;
 use tracing::{debug, warn};
 use webrtc::data_channel::{DataChannel, DataChannelEvent, RTCDataChannelInit};
@@ -20,15 +21,12 @@ use webrtc::peer_connection::{
     PeerConnection, PeerConnectionBuilder, PeerConnectionEventHandler, RTCConfigurationBuilder,
     RTCIceCandidateInit, RTCIceCandidateType, RTCIceGatheringState, RTCIceServer,
     RTCIceTransportPolicy, RTCPeerConnectionIceEvent, RTCPeerConnectionState,
-    RTCSessionDescription,
+    RTCSessionDescription, SettingEngineBuilder,
 };
 
-use super::{Channel, Connector, NewPeer, Peer, PeerEvent, TransportError};
+use super::{Channel, Connector, MAIN_LABEL, NewPeer, Peer, PeerEvent, TransportError};
 use crate::signalling::events::Candidate;
 use crate::signalling::turn::IceServers;
-
-/// Label of the one data channel the offerer opens.
-pub const CHANNEL_LABEL: &str = "d2dfs";
 
 /// How a [`WebRtcConnector`] makes connections.
 #[derive(Debug, Clone)]
@@ -41,6 +39,14 @@ pub struct WebRtcConfig {
     pub send_buffer_limit: usize,
     /// How long to wait for candidates before the description is sent (the rest trickle).
     pub gathering_wait: Duration,
+    /// SCTP receive window in bytes (`None`: webrtc-rs's 1 MiB).
+    pub sctp_receive_buffer: Option<u32>,
+    /// SCTP packet budget in bytes (`None`: webrtc-rs's 1191, safe through TURN over IPv6).
+    pub sctp_mtu: Option<u32>,
+    /// Largest message this side accepts (SDP `max-message-size`; `None`: 64 KiB).
+    pub max_message_size: Option<u32>,
+    /// Pause between ICE connectivity checks (`None`: webrtc-rs's 200 ms).
+    pub ice_check_interval: Option<Duration>,
 }
 
 impl Default for WebRtcConfig {
@@ -50,6 +56,10 @@ impl Default for WebRtcConfig {
             relay_only: false,
             send_buffer_limit: 4 << 20,
             gathering_wait: Duration::from_millis(500),
+            sctp_receive_buffer: None,
+            sctp_mtu: None,
+            max_message_size: None,
+            ice_check_interval: None,
         }
     }
 }
@@ -86,8 +96,22 @@ impl WebRtcConnector {
             events,
             gathered: gathered_tx,
         });
+        let mut settings = SettingEngineBuilder::new();
+        if let Some(size) = self.config.sctp_receive_buffer {
+            settings = settings.with_sctp_max_receive_buffer_size(size);
+        }
+        if let Some(mtu) = self.config.sctp_mtu {
+            settings = settings.with_sctp_mtu(mtu);
+        }
+        if let Some(interval) = self.config.ice_check_interval {
+            settings = settings.with_ice_connection_attempts(Some(interval), None);
+        }
+        if let Some(size) = self.config.max_message_size {
+            settings = settings.with_sctp_max_message_size(SctpMaxMessageSize::Bounded(size));
+        }
         let peer = PeerConnectionBuilder::new()
             .with_configuration(configuration.build())
+            .with_setting_engine(settings.build())
             .with_handler(handler)
             .with_udp_addrs(self.config.udp_addrs.clone())
             .with_data_channel_send_buffer_limit(self.config.send_buffer_limit)
@@ -111,6 +135,45 @@ impl WebRtcConnector {
     }
 }
 
+/// Longest SDP accepted from the network (a whole Matrix event is at most 64 KiB anyway).
+pub const MAX_SDP: usize = 64 * 1024;
+
+/// Which description a remote SDP is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SdpKind {
+    Offer,
+    Answer,
+}
+
+/// Judges an SDP from the network before webrtc-rs acts on it: bounded in size, parseable,
+/// and describing a data channel (`m=application`), the only thing d2dfs connects.
+pub fn remote_description(
+    kind: SdpKind,
+    sdp: &str,
+) -> Result<RTCSessionDescription, TransportError> {
+    let bad = |error: String| TransportError::BadDescription(error);
+    if sdp.len() > MAX_SDP {
+        return Err(bad(format!(
+            "{} bytes of SDP (at most {MAX_SDP})",
+            sdp.len()
+        )));
+    }
+    let description = match kind {
+        SdpKind::Offer => RTCSessionDescription::offer(sdp.to_owned()),
+        SdpKind::Answer => RTCSessionDescription::answer(sdp.to_owned()),
+    }
+    .map_err(|e| bad(e.to_string()))?;
+    let parsed = description.unmarshal().map_err(|e| bad(e.to_string()))?;
+    if !parsed
+        .media_descriptions
+        .iter()
+        .any(|media| media.media_name.media == "application")
+    {
+        return Err(bad("no data channel (m=application) in the SDP".to_owned()));
+    }
+    Ok(description)
+}
+
 fn other(error: impl std::fmt::Display) -> TransportError {
     TransportError::Other(error.to_string())
 }
@@ -121,7 +184,7 @@ impl Connector for WebRtcConnector {
         let (events_tx, events_rx) = mpsc::channel(64);
         let (peer, gathered) = self.build(ice, events_tx.clone()).await?;
         let channel = peer
-            .create_data_channel(CHANNEL_LABEL, Some(RTCDataChannelInit::default()))
+            .create_data_channel(MAIN_LABEL, Some(RTCDataChannelInit::default()))
             .await
             .map_err(other)?;
         tokio::spawn(announce_when_open(channel, events_tx));
@@ -136,8 +199,7 @@ impl Connector for WebRtcConnector {
     }
 
     async fn answer(&self, ice: &IceServers, offer_sdp: &str) -> Result<NewPeer, TransportError> {
-        let offer = RTCSessionDescription::offer(offer_sdp.to_owned())
-            .map_err(|e| TransportError::BadDescription(e.to_string()))?;
+        let offer = remote_description(SdpKind::Offer, offer_sdp)?;
         let (events_tx, events_rx) = mpsc::channel(64);
         let (peer, gathered) = self.build(ice, events_tx).await?;
         peer.set_remote_description(offer)
@@ -204,9 +266,8 @@ async fn announce_when_open(channel: Arc<dyn DataChannel>, events: mpsc::Sender<
     loop {
         match channel.poll().await {
             Some(DataChannelEvent::OnOpen) => {
-                let _ = events
-                    .send(PeerEvent::Connected(Box::new(WebRtcChannel::open(channel))))
-                    .await;
+                let channel = WebRtcChannel::open(channel).await;
+                let _ = events.send(PeerEvent::Connected(Box::new(channel))).await;
                 return;
             }
             Some(DataChannelEvent::OnClose) | None => {
@@ -229,8 +290,7 @@ struct WebRtcPeer {
 #[async_trait]
 impl Peer for WebRtcPeer {
     async fn set_answer(&self, sdp: &str) -> Result<(), TransportError> {
-        let answer = RTCSessionDescription::answer(sdp.to_owned())
-            .map_err(|e| TransportError::BadDescription(e.to_string()))?;
+        let answer = remote_description(SdpKind::Answer, sdp)?;
         self.peer
             .set_remote_description(answer)
             .await
@@ -272,13 +332,40 @@ impl Peer for WebRtcPeer {
             .any(|candidate| candidate.typ == RTCIceCandidateType::Relay);
         Some(if relayed { "relay" } else { "direct" }.to_owned())
     }
+
+    async fn open_channel(&self, label: &str) -> Result<Box<dyn Channel>, TransportError> {
+        let channel = self
+            .peer
+            .create_data_channel(label, Some(RTCDataChannelInit::default()))
+            .await
+            .map_err(other)?;
+        let opened = async {
+            loop {
+                match channel.poll().await {
+                    Some(DataChannelEvent::OnOpen) => return Ok(()),
+                    Some(DataChannelEvent::OnClose) | None => return Err(TransportError::Closed),
+                    Some(_) => {}
+                }
+            }
+        };
+        tokio::time::timeout(CHANNEL_OPEN_TIMEOUT, opened)
+            .await
+            .map_err(|_| {
+                TransportError::ConnectionFailed("the channel did not open".to_owned())
+            })??;
+        Ok(Box::new(WebRtcChannel::open(channel).await))
+    }
 }
+
+/// Longest wait for an extra channel on a connected peer to open.
+const CHANNEL_OPEN_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// An open data channel. A pump task keeps polling it (webrtc-rs stalls its driver when
 /// events are not consumed) and hands messages over through a bounded queue, which is what
 /// pushes back on a fast sender when this side reads slowly.
 struct WebRtcChannel {
     channel: Arc<dyn DataChannel>,
+    label: String,
     incoming: mpsc::Receiver<Result<Bytes, TransportError>>,
 }
 
@@ -288,10 +375,15 @@ const INCOMING_QUEUE: usize = 64;
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(60);
 
 impl WebRtcChannel {
-    fn open(channel: Arc<dyn DataChannel>) -> Self {
+    async fn open(channel: Arc<dyn DataChannel>) -> Self {
+        let label = channel.label().await.unwrap_or_default();
         let (tx, incoming) = mpsc::channel(INCOMING_QUEUE);
         tokio::spawn(pump(channel.clone(), tx));
-        Self { channel, incoming }
+        Self {
+            channel,
+            label,
+            incoming,
+        }
     }
 }
 
@@ -316,6 +408,10 @@ async fn pump(channel: Arc<dyn DataChannel>, tx: mpsc::Sender<Result<Bytes, Tran
 
 #[async_trait]
 impl Channel for WebRtcChannel {
+    fn label(&self) -> &str {
+        &self.label
+    }
+
     async fn send(&mut self, message: Bytes) -> Result<(), TransportError> {
         self.channel
             .send(BytesMut::from(&message[..]))
@@ -350,7 +446,9 @@ impl Channel for WebRtcChannel {
 pub struct DirectPair {
     pub offerer: Box<dyn Channel>,
     pub answerer: Box<dyn Channel>,
-    _peers: [Box<dyn Peer>; 2],
+    offerer_peer: Box<dyn Peer>,
+    _answerer_peer: Box<dyn Peer>,
+    answerer_events: mpsc::Receiver<PeerEvent>,
 }
 
 impl DirectPair {
@@ -394,9 +492,62 @@ impl DirectPair {
             (Some(offerer), Some(answerer)) => Ok(Self {
                 offerer,
                 answerer,
-                _peers: [a.peer, b.peer],
+                offerer_peer: a.peer,
+                _answerer_peer: b.peer,
+                answerer_events: b.events,
             }),
             _ => Err(TransportError::Closed),
+        }
+    }
+
+    /// Opens one more channel on the same connection: (offerer's end, answerer's end).
+    pub async fn open_channel(
+        &mut self,
+        label: &str,
+    ) -> Result<(Box<dyn Channel>, Box<dyn Channel>), TransportError> {
+        let offerer = self.offerer_peer.open_channel(label).await?;
+        loop {
+            match self.answerer_events.recv().await {
+                Some(PeerEvent::Connected(answerer)) => return Ok((offerer, answerer)),
+                Some(PeerEvent::Failed(reason)) => {
+                    return Err(TransportError::ConnectionFailed(reason));
+                }
+                Some(_) => {}
+                None => return Err(TransportError::Closed),
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const OFFER: &str = include_str!("../../fuzz/corpus/sdp/offer.sdp");
+
+    #[test]
+    fn a_data_channel_offer_passes() {
+        assert!(remote_description(SdpKind::Offer, OFFER).is_ok());
+        assert!(remote_description(SdpKind::Answer, OFFER).is_ok());
+    }
+
+    #[test]
+    fn hostile_descriptions_are_refused_with_a_reason() {
+        let audio_only = include_str!("../../fuzz/corpus/sdp/audio-only.sdp");
+        let oversized = format!("{OFFER}{}", "a=x\r\n".repeat(MAX_SDP / 5));
+        for (sdp, reason) in [
+            (audio_only, "no data channel"),
+            (oversized.as_str(), "bytes of SDP"),
+            ("", ""),
+            ("v=0\r\no=\r\n", ""),
+            ("\u{0}\u{1}garbage", ""),
+        ] {
+            match remote_description(SdpKind::Offer, sdp) {
+                Err(TransportError::BadDescription(error)) => {
+                    assert!(error.contains(reason), "{error}");
+                }
+                other => panic!("{sdp:?} was not refused: {:?}", other.map(|d| d.sdp)),
+            }
         }
     }
 }

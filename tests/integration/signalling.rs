@@ -473,9 +473,43 @@ async fn same_user_devices_transfer_to_each_other() {
     let desktop = carol.client().await;
     let laptop = carol.client().await;
     let other = TestUser::register("dan").await.client().await;
-    let room_id = create_shared_room(&desktop, &[&other], private_room()).await;
+    // Encrypted: the room key must reach the account's other device, not only other users.
+    let room_id = create_shared_room(
+        &desktop,
+        &[&other],
+        RoomSpec {
+            name: "devices",
+            encrypted: true,
+            public: false,
+        },
+    )
+    .await;
     let desktop_engine = start_engine(&desktop, EngineConfig::default());
     let laptop_engine = start_engine(&laptop, EngineConfig::default());
+    // Both devices' keys are on the homeserver, and the desktop has fetched the laptop's (a
+    // device that has run a while knows the account's others), before the room key goes out.
+    desktop_engine.wait_synced().await;
+    laptop_engine.wait_synced().await;
+    let laptop_id = laptop.device_id().unwrap().to_owned();
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let _ = desktop
+            .encryption()
+            .request_user_identity(&carol.user_id)
+            .await;
+        let known = desktop
+            .encryption()
+            .get_device(&carol.user_id, &laptop_id)
+            .await;
+        if matches!(known, Ok(Some(_))) {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the desktop never saw the laptop"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
     let dir = tempfile::tempdir().unwrap();
     let (path, data) = test_file(&dir, "f.bin", 20_000);
     let id = desktop_engine
@@ -557,6 +591,102 @@ async fn encrypted_rooms_carry_encrypted_signalling_only() {
         assert!(tokio::time::Instant::now() < deadline, "{types:?}");
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+}
+
+/// Gives `client`'s account a cross-signing identity (password UIA); it signs this device.
+async fn bootstrap_cross_signing(client: &Client, user: &TestUser) {
+    use matrix_sdk::ruma::api::client::uiaa;
+    if let Err(error) = client.encryption().bootstrap_cross_signing(None).await {
+        let info = error
+            .as_uiaa_response()
+            .expect("cross-signing asks for a password");
+        let mut password = uiaa::Password::new(
+            uiaa::UserIdentifier::from(&user.user_id),
+            user.password.clone(),
+        );
+        password.session = info.session.clone();
+        client
+            .encryption()
+            .bootstrap_cross_signing(Some(uiaa::AuthData::Password(password)))
+            .await
+            .expect("bootstrap cross-signing");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn verified_only_takes_offers_from_verified_devices_only() {
+    let users = [
+        TestUser::register("alice").await,
+        TestUser::register("bob").await,
+        TestUser::register("carol").await,
+    ];
+    let mut clients = Vec::new();
+    for user in &users {
+        clients.push(user.client().await);
+    }
+    let [alice, bob, carol] = [&clients[0], &clients[1], &clients[2]];
+    let room_id = create_shared_room(
+        alice,
+        &[bob, carol],
+        RoomSpec {
+            name: "verified",
+            encrypted: true,
+            public: false,
+        },
+    )
+    .await;
+    let alice_engine = start_engine(alice, EngineConfig::default());
+    let bob_engine = start_engine(
+        bob,
+        EngineConfig {
+            verified_only: true,
+            ..EngineConfig::default()
+        },
+    );
+    let carol_engine = start_engine(carol, EngineConfig::default());
+    for engine in [&alice_engine, &bob_engine, &carol_engine] {
+        engine.wait_synced().await;
+    }
+    // Everyone is cross-signed by their owner; bob verifies alice, not carol.
+    for (client, user) in clients.iter().zip(&users) {
+        bootstrap_cross_signing(client, user).await;
+    }
+    let alice_identity = bob
+        .encryption()
+        .request_user_identity(&users[0].user_id)
+        .await
+        .unwrap()
+        .expect("alice's identity");
+    alice_identity.verify().await.expect("bob verifies alice");
+    bob.encryption()
+        .request_user_identity(&users[2].user_id)
+        .await
+        .unwrap()
+        .expect("carol's identity (cross-signed, not verified)");
+
+    let dir = tempfile::tempdir().unwrap();
+    let (carol_path, _) = test_file(&dir, "carol.bin", 1_000);
+    let (alice_path, data) = test_file(&dir, "alice.bin", 20_000);
+    let from_carol = carol_engine
+        .offer_file(&room_id, &carol_path, "carol.bin")
+        .await
+        .unwrap();
+    // Carol's offer is in the timeline before alice's: once bob shows alice's, he has judged
+    // carol's.
+    wait_offer(&alice_engine, &from_carol).await;
+    let from_alice = alice_engine
+        .offer_file(&room_id, &alice_path, "alice.bin")
+        .await
+        .unwrap();
+    wait_offer(&bob_engine, &from_alice).await;
+    assert!(
+        bob_engine.transfer(&from_carol).is_none(),
+        "an unverified device's offer was shown"
+    );
+    let dest = dir.path().join("alice.out");
+    bob_engine.accept_to_file(&from_alice, &dest).await.unwrap();
+    wait_phase(&bob_engine, &from_alice, Phase::Complete).await;
+    assert_eq!(std::fs::read(dest).unwrap(), data);
 }
 
 #[tokio::test(flavor = "multi_thread")]

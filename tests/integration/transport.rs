@@ -4,7 +4,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use d2dfs::signalling::sync::OwnDevice;
-use d2dfs::transfer::engine::{Engine, EngineConfig};
+use d2dfs::transfer::engine::{DEFAULT_LANES, Engine, EngineConfig};
 use d2dfs::transfer::lifecycle::Phase;
 use d2dfs::transport::webrtc::{WebRtcConfig, WebRtcConnector};
 use matrix_sdk::Client;
@@ -276,6 +276,18 @@ async fn range_mode_between_two_webrtc_peers() {
         .expect("offer seen");
     assert!(offer.offer_range, "d2dfs offers advertise range mode");
     let source = bob_engine.accept_ranges(&id).await.unwrap();
+    // The transfer's connection comes up with the first fetch; its lanes follow, and the
+    // fetches below go out over all of them.
+    assert_eq!(&source.fetch(0, 1).await.unwrap()[..], &data[..1]);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while bob_engine.transfer(&id).unwrap().lanes_open < DEFAULT_LANES {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{:?}",
+            bob_engine.transfer(&id)
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 
     // Scattered, overlapping and concurrent reads, including the very end of the file.
     let ranges: Vec<(u64, u64)> = vec![
@@ -316,6 +328,7 @@ async fn range_mode_between_two_webrtc_peers() {
 
     let snapshot = bob_engine.transfer(&id).unwrap();
     assert!(snapshot.range, "both sides speak range mode");
+    assert_eq!(snapshot.lanes_open, DEFAULT_LANES, "{snapshot:?}");
     drop(source);
     let done = bob_engine
         .wait_for(Duration::from_secs(60), |t| {
@@ -332,7 +345,7 @@ async fn range_mode_between_two_webrtc_peers() {
         .expect("sender ended");
     assert_eq!(sent.phase, Phase::Complete, "{sent:?}");
     // Only what was asked for moved: far less than the file.
-    let asked: u64 = ranges.iter().map(|r| r.1).sum::<u64>() + 10;
+    let asked: u64 = ranges.iter().map(|r| r.1).sum::<u64>() + 10 + 1;
     assert_eq!(sent.bytes_moved, asked);
 }
 

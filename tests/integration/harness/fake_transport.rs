@@ -9,10 +9,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
-use bytes::Bytes;
 use d2dfs::signalling::events::Candidate;
 use d2dfs::signalling::turn::IceServers;
-use d2dfs::transport::{Channel, Connector, NewPeer, Peer, PeerEvent, TransportError};
+use d2dfs::transport::{Connector, NewPeer, Peer, PeerEvent, TransportError, memory};
 use tokio::sync::mpsc;
 
 static NEXT_ID: AtomicU64 = AtomicU64::new(1);
@@ -143,7 +142,7 @@ impl FakePeer {
         let Some(offerer) = link.offerer_events.take() else {
             return;
         };
-        let (a, b) = channel_pair();
+        let (a, b) = memory::pair(64);
         tokio::spawn(async move {
             offerer.send(PeerEvent::Connected(Box::new(a))).await.ok();
             answerer.send(PeerEvent::Connected(Box::new(b))).await.ok();
@@ -193,44 +192,4 @@ impl Peer for FakePeer {
     }
 
     async fn close(&self) {}
-}
-
-/// Two connected channels.
-fn channel_pair() -> (FakeChannel, FakeChannel) {
-    let (a_tx, a_rx) = mpsc::channel(64);
-    let (b_tx, b_rx) = mpsc::channel(64);
-    (
-        FakeChannel {
-            tx: Some(a_tx),
-            rx: b_rx,
-        },
-        FakeChannel {
-            tx: Some(b_tx),
-            rx: a_rx,
-        },
-    )
-}
-
-struct FakeChannel {
-    tx: Option<mpsc::Sender<Bytes>>,
-    rx: mpsc::Receiver<Bytes>,
-}
-
-#[async_trait]
-impl Channel for FakeChannel {
-    async fn send(&mut self, message: Bytes) -> Result<(), TransportError> {
-        match &self.tx {
-            Some(tx) => tx.send(message).await.map_err(|_| TransportError::Closed),
-            None => Err(TransportError::Closed),
-        }
-    }
-
-    async fn recv(&mut self) -> Option<Result<Bytes, TransportError>> {
-        self.rx.recv().await.map(Ok)
-    }
-
-    async fn close(&mut self) -> Result<(), TransportError> {
-        self.tx = None;
-        Ok(())
-    }
 }
