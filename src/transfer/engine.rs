@@ -1379,18 +1379,25 @@ async fn run_outbox(
 
 /// SHA-256 of a file, read in 1 MiB blocks.
 pub async fn file_sha256(path: &Path) -> std::io::Result<[u8; 32]> {
-    use sha2::Digest;
-    let mut file = tokio::fs::File::open(path).await?;
-    let mut hasher = sha2::Sha256::new();
-    let mut buffer = vec![0u8; 1 << 20];
-    loop {
-        let n = file.read(&mut buffer).await?;
-        if n == 0 {
-            break;
+    // Gigabytes of hashing: on a blocking thread, not on a runtime worker.
+    let path = path.to_owned();
+    tokio::task::spawn_blocking(move || {
+        use sha2::Digest;
+        use std::io::Read;
+        let mut file = std::fs::File::open(&path)?;
+        let mut hasher = sha2::Sha256::new();
+        let mut buffer = vec![0u8; 1 << 20];
+        loop {
+            let n = file.read(&mut buffer)?;
+            if n == 0 {
+                break;
+            }
+            hasher.update(&buffer[..n]);
         }
-        hasher.update(&buffer[..n]);
-    }
-    Ok(hasher.finalize().into())
+        Ok(hasher.finalize().into())
+    })
+    .await
+    .map_err(std::io::Error::other)?
 }
 
 /// A fresh transfer id: 128 random bits, hex.
