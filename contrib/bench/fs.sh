@@ -15,6 +15,11 @@ offers=${D2DFS_BENCH_OFFERS:-1000}
 contrib/setup.sh
 cargo build --release --locked --quiet
 d2dfs=$PWD/target/release/d2dfs
+
+# Baseline 0: one raw webrtc-rs data channel (64 KiB messages, the range protocol's), this
+# machine, this run: the transport benchmark's single-channel row.
+webrtc_one=$(D2DFS_BENCH_BYTES=268435456 D2DFS_BENCH_SHAPES="64:1:1" \
+    cargo bench --locked --quiet --bench transport 2>/dev/null | awk -F'|' '/1 conn x 1 chan/ {gsub(/ /, "", $3); print $3}')
 aiortc_python=${D2DFS_AIORTC_VENV:-$HOME/.cache/d2dfs/aiortc-venv}/bin/python
 
 work=$(mktemp -d "${TMPDIR:-/tmp}/d2dfs-bench.XXXXXX")
@@ -82,7 +87,8 @@ out=$(mbps "$bytes" "$t0" "$t1")
 cmp -s "$work/payload.bin" "$work/received.bin" || { echo "bench: the copy differs" >&2; exit 1; }
 rm -f "$work/received.bin"
 ratio() { python3 -c "import sys; print(f'{float(sys.argv[1]) / float(sys.argv[2]):.3f}')" "$1" "$2"; }
-row "cp $size out of the receiving mount" "$out MB/s" "$(ratio "$out" "$tcp")x loopback TCP ($tcp MB/s), $(ratio "$out" "$aiortc")x aiortc pair ($aiortc MB/s)"
+connections=$(getfattr --absolute-names --only-values -n user.d2dfs.connections "$bob_room/payload.bin" 2>/dev/null || echo 1)
+row "cp $size out of the receiving mount ($connections connections)" "$out MB/s" "$(ratio "$out" "$webrtc_one")x one webrtc-rs channel ($webrtc_one MB/s), $(ratio "$out" "$aiortc")x aiortc pair ($aiortc MB/s), $(ratio "$out" "$tcp")x loopback TCP ($tcp MB/s)"
 row "cp $size into a room directory (spool)" "$spool MB/s" "$(ratio "$spool" "$tmpfs")x tmpfs ($tmpfs MB/s)"
 
 # open() to first byte, median of 5 fresh offers.

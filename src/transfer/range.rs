@@ -23,13 +23,17 @@ pub const DATA_PAYLOAD: usize = 64 * 1024 - 16;
 /// (a dead or hostile peer) is cut off instead of holding the transfer forever.
 pub const SEND_STALL_LIMIT: Duration = Duration::from_secs(60);
 
-/// Sends one frame, giving up on a receiver that takes nothing for [`SEND_STALL_LIMIT`].
-async fn send_frame(channel: &mut dyn Channel, frame: Bytes) -> Result<(), String> {
-    match tokio::time::timeout(SEND_STALL_LIMIT, channel.send(frame)).await {
+/// Sends one frame, giving up on a receiver that takes nothing for `stall_limit`.
+async fn send_frame(
+    channel: &mut dyn Channel,
+    frame: Bytes,
+    stall_limit: Duration,
+) -> Result<(), String> {
+    match tokio::time::timeout(stall_limit, channel.send(frame)).await {
         Ok(sent) => sent.map_err(|e| e.to_string()),
         Err(_) => Err(format!(
-            "the receiver took nothing for {} s",
-            SEND_STALL_LIMIT.as_secs()
+            "the receiver took nothing for {} ms",
+            stall_limit.as_millis()
         )),
     }
 }
@@ -57,6 +61,17 @@ pub async fn serve(
     size: u64,
     moved: &AtomicU64,
 ) -> Result<(), String> {
+    serve_with_limit(channel, path, size, moved, SEND_STALL_LIMIT).await
+}
+
+/// [`serve`], cutting off a receiver that takes nothing for `stall_limit`.
+async fn serve_with_limit(
+    channel: &mut dyn Channel,
+    path: &Path,
+    size: u64,
+    moved: &AtomicU64,
+    stall_limit: Duration,
+) -> Result<(), String> {
     let mut file = tokio::fs::File::open(path)
         .await
         .map_err(|e| format!("cannot open {}: {e}", path.display()))?;
@@ -72,7 +87,7 @@ pub async fn serve(
                     code: ErrorCode::Malformed,
                     message: error.to_string(),
                 };
-                let _ = send_frame(channel, reply.encode()).await;
+                let _ = send_frame(channel, reply.encode(), stall_limit).await;
                 return Err(format!("the receiver broke the range protocol: {error}"));
             }
         };
@@ -91,7 +106,7 @@ pub async fn serve(
                 code,
                 message: format!("range {offset}+{length} is outside the {size}-byte file"),
             };
-            send_frame(channel, reply.encode()).await?;
+            send_frame(channel, reply.encode(), stall_limit).await?;
             continue;
         }
         file.seek(std::io::SeekFrom::Start(offset))
@@ -110,7 +125,7 @@ pub async fn serve(
                 last: position + want as u64 == end,
                 payload: Bytes::copy_from_slice(&buffer[..want]),
             };
-            send_frame(channel, frame.encode()).await?;
+            send_frame(channel, frame.encode(), stall_limit).await?;
             position += want as u64;
             moved.fetch_add(want as u64, Ordering::Relaxed);
         }
@@ -437,7 +452,7 @@ mod tests {
         assert!(served.is_err());
     }
 
-    #[tokio::test(start_paused = true)]
+    #[tokio::test]
     async fn a_flood_from_a_peer_that_never_reads_is_cut_off() {
         let (file, _) = file(4 << 20);
         let (mut ours, mut theirs) = memory::pair(8);
@@ -451,7 +466,8 @@ mod tests {
             theirs // kept alive, never read
         });
         let moved = AtomicU64::new(0);
-        let served = serve(&mut ours, file.path(), 4 << 20, &moved).await;
+        let limit = Duration::from_millis(300);
+        let served = serve_with_limit(&mut ours, file.path(), 4 << 20, &moved, limit).await;
         assert!(served.unwrap_err().contains("took nothing"));
         // What went out is what the channel's queue held: the flood allocated nothing here.
         assert!(moved.load(Ordering::Relaxed) <= 9 * DATA_PAYLOAD as u64);

@@ -13,6 +13,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::{Bytes, BytesMut};
+use rtc::ice::mdns::MulticastDnsMode;
 use rtc::peer_connection::configuration::setting_engine::SctpMaxMessageSize;
 use tokio::sync::mpsc;
 use tracing::{debug, warn};
@@ -21,7 +22,7 @@ use webrtc::peer_connection::{
     PeerConnection, PeerConnectionBuilder, PeerConnectionEventHandler, RTCConfigurationBuilder,
     RTCIceCandidateInit, RTCIceCandidateType, RTCIceGatheringState, RTCIceServer,
     RTCIceTransportPolicy, RTCPeerConnectionIceEvent, RTCPeerConnectionState,
-    RTCSessionDescription, SettingEngineBuilder,
+    RTCSessionDescription, SettingEngine, SettingEngineBuilder,
 };
 
 use super::{Channel, Connector, MAIN_LABEL, NewPeer, Peer, PeerEvent, TransportError};
@@ -80,23 +81,56 @@ impl WebRtcConnector {
         ice: &IceServers,
         events: mpsc::Sender<PeerEvent>,
     ) -> Result<(Arc<dyn PeerConnection>, mpsc::Receiver<()>), TransportError> {
-        let mut configuration = RTCConfigurationBuilder::new();
-        if !ice.is_empty() {
-            configuration = configuration.with_ice_servers(vec![RTCIceServer {
-                urls: ice.uris.clone(),
-                username: ice.username.clone(),
-                credential: ice.credential.clone(),
-            }]);
-        }
-        if self.config.relay_only {
-            configuration = configuration.with_ice_transport_policy(RTCIceTransportPolicy::Relay);
-        }
+        let configuration = || {
+            let mut configuration = RTCConfigurationBuilder::new();
+            if !ice.is_empty() {
+                configuration = configuration.with_ice_servers(vec![RTCIceServer {
+                    urls: ice.uris.clone(),
+                    username: ice.username.clone(),
+                    credential: ice.credential.clone(),
+                }]);
+            }
+            if self.config.relay_only {
+                configuration =
+                    configuration.with_ice_transport_policy(RTCIceTransportPolicy::Relay);
+            }
+            configuration.build()
+        };
         let (gathered_tx, gathered_rx) = mpsc::channel(1);
         let handler = Arc::new(Handler {
             events,
             gathered: gathered_tx,
         });
-        let mut settings = SettingEngineBuilder::new();
+        // mDNS (to resolve browsers' `.local` candidates) joins a multicast group, which fails
+        // with ENODEV on a network without a multicast route (no default route: an isolated
+        // LAN, a container): then connect without it rather than not at all.
+        let mut last_error = None;
+        for mdns in [MulticastDnsMode::QueryOnly, MulticastDnsMode::Disabled] {
+            let built = PeerConnectionBuilder::new()
+                .with_configuration(configuration())
+                .with_setting_engine(self.settings(mdns))
+                .with_handler(handler.clone())
+                .with_udp_addrs(self.config.udp_addrs.clone())
+                .with_data_channel_send_buffer_limit(self.config.send_buffer_limit)
+                .build()
+                .await;
+            match built {
+                Ok(peer) => return Ok((Arc::new(peer), gathered_rx)),
+                Err(error) => {
+                    debug!(%error, ?mdns, "peer connection not made");
+                    last_error = Some(error);
+                }
+            }
+        }
+        Err(last_error.map_or_else(
+            || TransportError::Other("no peer connection".to_owned()),
+            other,
+        ))
+    }
+
+    /// webrtc-rs's settings for one connection.
+    fn settings(&self, mdns: MulticastDnsMode) -> SettingEngine {
+        let mut settings = SettingEngineBuilder::new().with_multicast_dns_mode(mdns);
         if let Some(size) = self.config.sctp_receive_buffer {
             settings = settings.with_sctp_max_receive_buffer_size(size);
         }
@@ -109,16 +143,7 @@ impl WebRtcConnector {
         if let Some(size) = self.config.max_message_size {
             settings = settings.with_sctp_max_message_size(SctpMaxMessageSize::Bounded(size));
         }
-        let peer = PeerConnectionBuilder::new()
-            .with_configuration(configuration.build())
-            .with_setting_engine(settings.build())
-            .with_handler(handler)
-            .with_udp_addrs(self.config.udp_addrs.clone())
-            .with_data_channel_send_buffer_limit(self.config.send_buffer_limit)
-            .build()
-            .await
-            .map_err(other)?;
-        Ok((Arc::new(peer), gathered_rx))
+        settings.build()
     }
 
     /// Waits (briefly) for gathering, then returns the local description's SDP.

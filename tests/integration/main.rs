@@ -3,6 +3,7 @@
 mod harness;
 
 mod accounts;
+mod faults;
 mod fs;
 mod man_pages;
 mod signalling;

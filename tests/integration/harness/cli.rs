@@ -15,6 +15,10 @@ const COMMAND_TIMEOUT: Duration = Duration::from_secs(120);
 /// One `--data-dir` profile.
 pub struct CliProfile {
     dir: TempDir,
+    /// The network namespace its commands run in (`None`: this process's).
+    netns: Option<String>,
+    /// The homeserver `login` uses.
+    homeserver: String,
 }
 
 /// What a finished command printed.
@@ -75,6 +79,17 @@ impl CliProfile {
     pub fn new() -> Self {
         Self {
             dir: tempfile::tempdir().expect("temp dir"),
+            netns: None,
+            homeserver: homeserver().url.clone(),
+        }
+    }
+
+    /// A profile whose commands run in network namespace `netns` and log in to `homeserver`.
+    pub fn in_netns(netns: &str, homeserver: &str) -> Self {
+        Self {
+            netns: Some(netns.to_owned()),
+            homeserver: homeserver.to_owned(),
+            ..Self::new()
         }
     }
 
@@ -88,7 +103,16 @@ impl CliProfile {
 
     /// Runs `d2dfs --data-dir DIR ARGS…` with `env` added to the environment.
     pub async fn run(&self, args: &[&str], env: &[(&str, &str)]) -> Finished {
-        let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_d2dfs"));
+        let binary = env!("CARGO_BIN_EXE_d2dfs");
+        let mut command = match &self.netns {
+            // Only the network namespace changes: the mount stays visible to the test.
+            Some(netns) => {
+                let mut command = tokio::process::Command::new("nsenter");
+                command.arg(format!("--net=/run/netns/{netns}")).arg(binary);
+                command
+            }
+            None => tokio::process::Command::new(binary),
+        };
         command
             .arg("--data-dir")
             .arg(self.dir.path())
@@ -126,7 +150,7 @@ impl CliProfile {
                 "login",
                 user.user_id.as_str(),
                 "--homeserver",
-                &homeserver().url,
+                &self.homeserver,
             ],
             &[("D2DFS_PASSWORD", &user.password)],
         )

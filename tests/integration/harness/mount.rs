@@ -20,7 +20,11 @@ pub struct TestMount {
 impl TestMount {
     /// Logs `user` in with a fresh profile and mounts it with `args` added.
     pub async fn start(user: &TestUser, args: &[&str]) -> Self {
-        let profile = CliProfile::new();
+        Self::start_with(CliProfile::new(), user, args).await
+    }
+
+    /// Like [`start`](Self::start), with `profile` (a network namespace, another homeserver).
+    pub async fn start_with(profile: CliProfile, user: &TestUser, args: &[&str]) -> Self {
         profile.login(user).await.ok();
         let mount = Self {
             profile,

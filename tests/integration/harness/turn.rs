@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 
 /// A running coturn; killed when dropped.
 pub struct Coturn {
+    pub ip: String,
     pub port: u16,
     pub secret: String,
     child: Child,
@@ -23,12 +24,17 @@ fn free_port() -> u16 {
 
 impl Coturn {
     pub fn start() -> Self {
+        Self::start_on("127.0.0.1")
+    }
+
+    /// A server listening and relaying on `ip` (an address of this network namespace).
+    pub fn start_on(ip: &str) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let port = free_port();
         let secret = super::homeserver::unique_name("turn-secret");
         let relay_base = 40_000 + (port % 20_000);
         let config = format!(
-            "listening-ip=127.0.0.1\nrelay-ip=127.0.0.1\nlistening-port={port}\n\
+            "listening-ip={ip}\nrelay-ip={ip}\nlistening-port={port}\n\
              min-port={relay_base}\nmax-port={}\nrealm=localhost\nuse-auth-secret\n\
              static-auth-secret={secret}\nallow-loopback-peers\nfingerprint\nno-tls\nno-dtls\n\
              no-cli\nno-multicast-peers\nverbose\nlog-file={}\npidfile={}\n",
@@ -47,11 +53,12 @@ impl Coturn {
             .spawn()
             .expect("start turnserver (contrib/setup.sh installs coturn)");
         let deadline = Instant::now() + Duration::from_secs(20);
-        while TcpStream::connect(("127.0.0.1", port)).is_err() {
+        while TcpStream::connect((ip, port)).is_err() {
             assert!(Instant::now() < deadline, "coturn did not start listening");
             std::thread::sleep(Duration::from_millis(50));
         }
         Self {
+            ip: ip.to_owned(),
             port,
             secret,
             child,
@@ -62,8 +69,9 @@ impl Coturn {
     /// Synapse configuration that hands out credentials for this server.
     pub fn synapse_config(&self) -> String {
         format!(
-            "turn_uris: [\"turn:127.0.0.1:{port}?transport=udp\", \"turn:127.0.0.1:{port}?transport=tcp\"]\n\
+            "turn_uris: [\"turn:{ip}:{port}?transport=udp\", \"turn:{ip}:{port}?transport=tcp\"]\n\
              turn_shared_secret: \"{secret}\"\nturn_user_lifetime: 1h\n",
+            ip = self.ip,
             port = self.port,
             secret = self.secret
         )

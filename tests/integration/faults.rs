@@ -1,0 +1,136 @@
+//! Faults injected for real: devices in network namespaces that cannot reach each other, and
+//! links cut under a running copy.
+
+use crate::harness::cli::CliProfile;
+use crate::harness::homeserver::OwnHomeserver;
+use crate::harness::mount::{TestMount, eventually, getfattr, must, sh, sha256};
+use crate::harness::netns::Split;
+use crate::harness::turn::Coturn;
+use crate::harness::users::{RoomSpec, TestUser, create_shared_room};
+
+use std::time::Duration;
+
+/// Alice's and bob's mounts on two sites that meet only through the TURN relay, sharing a
+/// room. (The fields hold what must live as long as the mounts.)
+struct Sites {
+    split: Split,
+    room_id: String,
+    alice: TestMount,
+    bob: TestMount,
+    coturn: Coturn,
+    _server: OwnHomeserver,
+    scratch: tempfile::TempDir,
+}
+
+impl Sites {
+    async fn up(name: &str) -> Self {
+        let mut split = Split::new();
+        let coturn = Coturn::start_on(&split.gateways[0].to_string());
+        let (url, listener) = split.homeserver_address().await;
+        let config = format!("{}public_baseurl: \"{url}/\"\n", coturn.synapse_config());
+        let server = OwnHomeserver::start_with_config(name, &config);
+        split.relay_homeserver(listener, &server.url);
+        let alice = TestUser::register_on(&server.url, "natalice").await;
+        let bob = TestUser::register_on(&server.url, "natbob").await;
+        let room_id = create_shared_room(
+            &alice.client().await,
+            &[&bob.client().await],
+            // Unencrypted: what is under test is the network, and a device that logged in a
+            // second ago may not have the room key yet (see the encryption tests).
+            RoomSpec {
+                name,
+                encrypted: false,
+                public: false,
+            },
+        )
+        .await
+        .to_string();
+        let (alice, bob) = tokio::join!(
+            TestMount::start_with(CliProfile::in_netns(&split.sites[0], &url), &alice, &[]),
+            TestMount::start_with(CliProfile::in_netns(&split.sites[1], &url), &bob, &[]),
+        );
+        alice.wait_for(&alice.room(&room_id)).await;
+        bob.wait_for(&bob.room(&room_id)).await;
+        Self {
+            split,
+            room_id,
+            alice,
+            bob,
+            coturn,
+            _server: server,
+            scratch: tempfile::tempdir().unwrap(),
+        }
+    }
+
+    /// A random file of `size` offered from alice's mount; (source, bob's placeholder).
+    async fn offer(&self, name: &str, size: &str) -> (std::path::PathBuf, std::path::PathBuf) {
+        let source = self.scratch.path().join(name);
+        must(
+            sh(&format!(
+                "head -c {size} /dev/urandom > '{}'",
+                source.display()
+            ))
+            .await,
+        );
+        let room = self.alice.room(&self.room_id);
+        must(sh(&format!("cp '{}' '{}/'", source.display(), room.display())).await);
+        let placeholder = self.bob.room(&self.room_id).join(name);
+        let shown = eventually(Duration::from_secs(60), || placeholder.exists()).await;
+        assert!(shown, "the offer never reached bob\n{}", self.logs());
+        (source, placeholder)
+    }
+
+    fn logs(&self) -> String {
+        format!(
+            "bob's log:\n{}\nalice's log:\n{}\ncoturn:\n{}",
+            self.bob.log(),
+            self.alice.log(),
+            self.coturn.log()
+        )
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn devices_that_cannot_reach_each_other_meet_through_the_turn_relay() {
+    let sites = Sites::up("nat-split").await;
+    let (source, placeholder) = sites.offer("across.bin", "8M").await;
+    let copy = sites.scratch.path().join("copy.bin");
+    let copied = sh(&format!(
+        "cp '{}' '{}'",
+        placeholder.display(),
+        copy.display()
+    ))
+    .await;
+    assert!(copied.success, "{}\n{}", copied.stderr, sites.logs());
+    assert_eq!(sha256(&copy).await, sha256(&source).await);
+    assert_eq!(
+        getfattr(&placeholder, "path").await.as_deref(),
+        Some("relay"),
+        "the only way between the sites is the relay"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_link_cut_mid_copy_is_a_pause_and_the_bytes_come_out_right() {
+    let sites = Sites::up("link-cut").await;
+    let (source, placeholder) = sites.offer("cut.bin", "96M").await;
+    let copy = sites.scratch.path().join("copy.bin");
+    let script = format!("cp '{}' '{}'", placeholder.display(), copy.display());
+    let copying = tokio::spawn(async move { sh(&script).await });
+    // Once data moves, bob's site drops off the network for 10 s (homeserver and relay too).
+    let moving = eventually(Duration::from_secs(60), || {
+        std::fs::metadata(&copy).is_ok_and(|m| m.len() > 4 << 20)
+    })
+    .await;
+    assert!(moving, "the copy never started\n{}", sites.logs());
+    sites.split.set_link(1, false);
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    assert!(
+        !copying.is_finished(),
+        "the copy ended while the link was down"
+    );
+    sites.split.set_link(1, true);
+    let copied = copying.await.unwrap();
+    assert!(copied.success, "{}\n{}", copied.stderr, sites.logs());
+    assert_eq!(sha256(&copy).await, sha256(&source).await);
+}
