@@ -61,9 +61,11 @@ impl Default for EngineConfig {
     }
 }
 
-/// Extra connections per range-mode transfer unless configured: with the first, eight
-/// webrtc-rs associations, which is where the benchmark stops gaining on two cores.
-pub const DEFAULT_LANES: u8 = 7;
+/// Extra connections per range-mode transfer unless configured: none. Lanes multiply the
+/// CPU a transfer takes (DTLS and SCTP per connection): on a loaded two-core machine they
+/// starved other transfers in the test suite. `mount --lanes 7` is where the benchmark stops
+/// gaining on two cores (contrib/bench/RESULTS.md).
+pub const DEFAULT_LANES: u8 = 0;
 
 /// Why an engine call was refused.
 #[derive(Debug, thiserror::Error)]

@@ -146,6 +146,11 @@ type Ask = (u64, u32, oneshot::Sender<Result<Bytes, RangeError>>);
 /// is on its way, few enough that every lane gets work.
 const LANE_DEPTH: usize = 4;
 
+/// Longest an extra lane may owe answers without sending anything: then it is dropped and the
+/// other lanes take its requests. (The first lane has no such limit: it is the transfer's own
+/// connection, and a reader's wait is bounded above this layer.)
+const LANE_STALL_LIMIT: Duration = Duration::from_secs(15);
+
 /// Receiving side: a cheap handle that fetches ranges of the offered file.
 #[derive(Clone)]
 pub struct RangeSource {
@@ -212,6 +217,7 @@ impl RangeClient {
                 queue.clone(),
                 self.retry.clone(),
                 moved.clone(),
+                None,
             ))
             .id();
         let mut more_open = true;
@@ -219,7 +225,8 @@ impl RangeClient {
             tokio::select! {
                 channel = more.recv(), if more_open => match channel {
                     Some(channel) => {
-                        lanes.spawn(lane(channel, queue.clone(), self.retry.clone(), moved.clone()));
+                        let stall = Some(LANE_STALL_LIMIT);
+                        lanes.spawn(lane(channel, queue.clone(), self.retry.clone(), moved.clone(), stall));
                     }
                     None => more_open = false,
                 },
@@ -249,11 +256,22 @@ async fn lane(
     queue: AskQueue,
     retry: mpsc::WeakSender<Ask>,
     moved: Arc<AtomicU64>,
+    stall_limit: Option<Duration>,
 ) -> Result<(), String> {
     let mut pending: HashMap<u32, Pending> = HashMap::new();
     let mut next_id: u32 = 1;
+    let mut last_heard = tokio::time::Instant::now();
     let failure = loop {
+        let stalled = async {
+            match stall_limit {
+                Some(limit) if !pending.is_empty() => {
+                    tokio::time::sleep_until(last_heard + limit).await;
+                }
+                _ => std::future::pending().await,
+            }
+        };
         tokio::select! {
+            () = stalled => break "the lane stalled".to_owned(),
             ask = async { queue.lock().await.recv().await }, if pending.len() < LANE_DEPTH => {
                 let Some((offset, length, reply)) = ask else {
                     // Every source is gone: the transfer is over.
@@ -268,6 +286,9 @@ async fn lane(
                     data: BytesMut::with_capacity(length as usize),
                     reply,
                 });
+                if pending.len() == 1 {
+                    last_heard = tokio::time::Instant::now();
+                }
                 let frame = Frame::Request { request_id, offset, length };
                 if channel.send(frame.encode()).await.is_err() {
                     break "the connection closed".to_owned();
@@ -277,6 +298,7 @@ async fn lane(
                 let Some(Ok(message)) = message else {
                     break "the connection closed".to_owned();
                 };
+                last_heard = tokio::time::Instant::now();
                 if let Err(error) = place(&mut pending, message, &moved) {
                     warn!(%error, "range protocol error");
                     for (_, p) in pending.drain() {

@@ -118,7 +118,7 @@ async fn a_link_cut_mid_copy_is_a_pause_and_the_bytes_come_out_right() {
     let script = format!("cp '{}' '{}'", placeholder.display(), copy.display());
     let copying = tokio::spawn(async move { sh(&script).await });
     // Once data moves, bob's site drops off the network for 10 s (homeserver and relay too).
-    let moving = eventually(Duration::from_secs(60), || {
+    let moving = eventually(Duration::from_secs(120), || {
         std::fs::metadata(&copy).is_ok_and(|m| m.len() > 4 << 20)
     })
     .await;

@@ -490,25 +490,28 @@ async fn same_user_devices_transfer_to_each_other() {
     // device that has run a while knows the account's others), before the room key goes out.
     desktop_engine.wait_synced().await;
     laptop_engine.wait_synced().await;
-    let laptop_id = laptop.device_id().unwrap().to_owned();
-    let deadline = tokio::time::Instant::now() + WAIT;
-    loop {
-        let _ = desktop
-            .encryption()
-            .request_user_identity(&carol.user_id)
-            .await;
-        let known = desktop
-            .encryption()
-            .get_device(&carol.user_id, &laptop_id)
-            .await;
-        if matches!(known, Ok(Some(_))) {
-            break;
+    // Each side's offer or answer is encrypted for the devices it knows: both must know.
+    for (device, other) in [(&desktop, &laptop), (&laptop, &desktop)] {
+        let other_id = other.device_id().unwrap().to_owned();
+        let deadline = tokio::time::Instant::now() + WAIT;
+        loop {
+            let _ = device
+                .encryption()
+                .request_user_identity(&carol.user_id)
+                .await;
+            let known = device
+                .encryption()
+                .get_device(&carol.user_id, &other_id)
+                .await;
+            if matches!(known, Ok(Some(_))) {
+                break;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "a device never saw the other"
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
         }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the desktop never saw the laptop"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
     }
     let dir = tempfile::tempdir().unwrap();
     let (path, data) = test_file(&dir, "f.bin", 20_000);

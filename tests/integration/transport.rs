@@ -4,12 +4,15 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use d2dfs::signalling::sync::OwnDevice;
-use d2dfs::transfer::engine::{DEFAULT_LANES, Engine, EngineConfig};
+use d2dfs::transfer::engine::{Engine, EngineConfig};
 use d2dfs::transfer::lifecycle::Phase;
 use d2dfs::transport::webrtc::{WebRtcConfig, WebRtcConnector};
 use matrix_sdk::Client;
 
 use crate::harness::users::{RoomSpec, TestUser, create_shared_room};
+
+/// Extra connections the engines here take for range mode (the CLI's default is none).
+const LANES: u8 = 7;
 
 fn loopback_engine(client: &Client) -> Engine {
     let me = OwnDevice {
@@ -24,7 +27,10 @@ fn loopback_engine(client: &Client) -> Engine {
         client.clone(),
         me,
         Arc::new(connector),
-        EngineConfig::default(),
+        EngineConfig {
+            lanes: LANES,
+            ..EngineConfig::default()
+        },
     )
 }
 
@@ -280,7 +286,7 @@ async fn range_mode_between_two_webrtc_peers() {
     // fetches below go out over all of them.
     assert_eq!(&source.fetch(0, 1).await.unwrap()[..], &data[..1]);
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    while bob_engine.transfer(&id).unwrap().lanes_open < DEFAULT_LANES {
+    while bob_engine.transfer(&id).unwrap().lanes_open < LANES {
         assert!(
             tokio::time::Instant::now() < deadline,
             "{:?}",
@@ -328,7 +334,7 @@ async fn range_mode_between_two_webrtc_peers() {
 
     let snapshot = bob_engine.transfer(&id).unwrap();
     assert!(snapshot.range, "both sides speak range mode");
-    assert_eq!(snapshot.lanes_open, DEFAULT_LANES, "{snapshot:?}");
+    assert_eq!(snapshot.lanes_open, LANES, "{snapshot:?}");
     drop(source);
     let done = bob_engine
         .wait_for(Duration::from_secs(60), |t| {
