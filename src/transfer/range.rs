@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
@@ -210,6 +210,10 @@ impl RangeClient {
         moved: Arc<AtomicU64>,
     ) -> Result<(), String> {
         let queue: AskQueue = Arc::new(tokio::sync::Mutex::new(self.incoming));
+        // Alone, the first lane takes every request the cache makes (as many as read-ahead
+        // wants in flight); once other lanes come, it takes its share.
+        let first_depth = Arc::new(AtomicUsize::new(usize::MAX));
+        let lane_depth = Arc::new(AtomicUsize::new(LANE_DEPTH));
         let mut lanes = tokio::task::JoinSet::new();
         let first_lane = lanes
             .spawn(lane(
@@ -218,6 +222,7 @@ impl RangeClient {
                 self.retry.clone(),
                 moved.clone(),
                 None,
+                first_depth.clone(),
             ))
             .id();
         let mut more_open = true;
@@ -225,8 +230,12 @@ impl RangeClient {
             tokio::select! {
                 channel = more.recv(), if more_open => match channel {
                     Some(channel) => {
+                        first_depth.store(LANE_DEPTH, Ordering::Relaxed);
                         let stall = Some(LANE_STALL_LIMIT);
-                        lanes.spawn(lane(channel, queue.clone(), self.retry.clone(), moved.clone(), stall));
+                        lanes.spawn(lane(
+                            channel, queue.clone(), self.retry.clone(), moved.clone(), stall,
+                            lane_depth.clone(),
+                        ));
                     }
                     None => more_open = false,
                 },
@@ -257,6 +266,7 @@ async fn lane(
     retry: mpsc::WeakSender<Ask>,
     moved: Arc<AtomicU64>,
     stall_limit: Option<Duration>,
+    depth: Arc<AtomicUsize>,
 ) -> Result<(), String> {
     let mut pending: HashMap<u32, Pending> = HashMap::new();
     let mut next_id: u32 = 1;
@@ -272,7 +282,7 @@ async fn lane(
         };
         tokio::select! {
             () = stalled => break "the lane stalled".to_owned(),
-            ask = async { queue.lock().await.recv().await }, if pending.len() < LANE_DEPTH => {
+            ask = async { queue.lock().await.recv().await }, if pending.len() < depth.load(Ordering::Relaxed) => {
                 let Some((offset, length, reply)) = ask else {
                     // Every source is gone: the transfer is over.
                     return channel.close().await.map_err(|e| e.to_string());
