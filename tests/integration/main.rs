@@ -3,7 +3,6 @@
 mod harness;
 
 mod accounts;
-mod faults;
 mod fs;
 mod man_pages;
 mod signalling;

@@ -85,6 +85,7 @@ impl CliProfile {
     }
 
     /// A profile whose commands run in network namespace `netns` and log in to `homeserver`.
+    #[allow(dead_code)] // by the fault tests (tests/faults) only
     pub fn in_netns(netns: &str, homeserver: &str) -> Self {
         Self {
             netns: Some(netns.to_owned()),

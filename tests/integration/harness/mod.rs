@@ -5,6 +5,5 @@ pub mod cli;
 pub mod fake_transport;
 pub mod homeserver;
 pub mod mount;
-pub mod netns;
 pub mod turn;
 pub mod users;

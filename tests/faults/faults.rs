@@ -4,7 +4,7 @@
 use crate::harness::cli::CliProfile;
 use crate::harness::homeserver::OwnHomeserver;
 use crate::harness::mount::{TestMount, eventually, getfattr, must, sh, sha256};
-use crate::harness::netns::Split;
+use crate::netns::Split;
 use crate::harness::turn::Coturn;
 use crate::harness::users::{RoomSpec, TestUser, create_shared_room};
 
