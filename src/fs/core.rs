@@ -1196,10 +1196,18 @@ impl Core {
                 return Ok(vec![("user.d2dfs.room_id", room.room_id.clone())]);
             }
             Some(Node::Root) => {
-                // What `d2dfs unmount` and `d2dfs status` ask the mount.
+                // What `d2dfs unmount` and `d2dfs status` ask the mount, and the chunk
+                // cache's budget beside what it holds now and at most so far.
+                let peak = self.cache.stats().peak_bytes.load(Ordering::Relaxed);
                 return Ok(vec![
                     ("user.d2dfs.pid", std::process::id().to_string()),
                     ("user.d2dfs.user", self.engine.party().user_id),
+                    (
+                        "user.d2dfs.cache_size",
+                        self.cache.config().capacity.to_string(),
+                    ),
+                    ("user.d2dfs.cache_used", self.cache.used().to_string()),
+                    ("user.d2dfs.cache_peak", peak.to_string()),
                 ]);
             }
             Some(_) => return Ok(Vec::new()),
@@ -1327,6 +1335,7 @@ fn common_xattrs(snapshot: &TransferSnapshot, state: String) -> Vec<(&'static st
         // The transfer's own connection and its lanes.
         let connections = 1 + u32::from(snapshot.lanes_open);
         attrs.push(("user.d2dfs.connections", connections.to_string()));
+        attrs.push(("user.d2dfs.reconnects", snapshot.reconnects.to_string()));
     }
     if let Some(sha256) = &snapshot.sha256 {
         attrs.push(("user.d2dfs.sha256", sha256.clone()));
@@ -1373,6 +1382,7 @@ mod tests {
             offer_range: true,
             path: None,
             lanes_open: 0,
+            reconnects: 0,
         }
     }
 

@@ -21,6 +21,11 @@
 //! `selected_answer` (and party id `selected_party_id` when it had one); every other answering
 //! device learns the offer was taken elsewhere. Plain MSC2354 peers ignore it.
 //!
+//! And VoIP v1's `m.call.negotiate`, likewise: `org.d2dfs.negotiate` `{transfer_id, version: 0,
+//! org.d2dfs.party_id, description: {type, sdp}}` — a range-mode connection that failed is
+//! made again for the same transfer: the receiving device sends a fresh offer, the sending
+//! device answers it, candidates follow as `m.d2dfile.candidates`.
+//!
 //! End of candidates follows VoIP v1: a candidate whose `candidate` string is empty.
 
 use serde::{Deserialize, Serialize};
@@ -34,6 +39,7 @@ pub const ANSWER: &str = "m.d2dfile.answer";
 pub const CANDIDATES: &str = "m.d2dfile.candidates";
 pub const CANCEL: &str = "m.d2dfile.cancel";
 pub const SELECT_ANSWER: &str = "org.d2dfs.select_answer";
+pub const NEGOTIATE: &str = "org.d2dfs.negotiate";
 
 pub const PARTY_ID_KEY: &str = "org.d2dfs.party_id";
 pub const RANGE_KEY: &str = "org.d2dfs.range";
@@ -165,6 +171,15 @@ pub struct SelectAnswer {
     pub selected_answer: String,
 }
 
+/// `org.d2dfs.negotiate`: a fresh offer or answer for a transfer whose connection failed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Negotiate {
+    pub transfer_id: String,
+    pub party_id: Option<String>,
+    /// `type` is `offer` (from the receiving device) or `answer` (from the sending device).
+    pub description: SessionDescription,
+}
+
 /// Any signalling event d2dfs understands.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum D2dEvent {
@@ -173,6 +188,7 @@ pub enum D2dEvent {
     Candidates(Candidates),
     Cancel(Cancel),
     SelectAnswer(SelectAnswer),
+    Negotiate(Negotiate),
 }
 
 /// Why an event was ignored. Shown in the log line, never to the peer.
@@ -199,6 +215,7 @@ impl D2dEvent {
             Self::Candidates(e) => &e.transfer_id,
             Self::Cancel(e) => &e.transfer_id,
             Self::SelectAnswer(e) => &e.transfer_id,
+            Self::Negotiate(e) => &e.transfer_id,
         }
     }
 
@@ -210,6 +227,7 @@ impl D2dEvent {
             Self::Candidates(e) => e.party_id.as_deref(),
             Self::Cancel(e) => e.party_id.as_deref(),
             Self::SelectAnswer(e) => e.party_id.as_deref(),
+            Self::Negotiate(e) => e.party_id.as_deref(),
         }
     }
 
@@ -221,6 +239,7 @@ impl D2dEvent {
             Self::Candidates(_) => CANDIDATES,
             Self::Cancel(_) => CANCEL,
             Self::SelectAnswer(_) => SELECT_ANSWER,
+            Self::Negotiate(_) => NEGOTIATE,
         }
     }
 
@@ -228,7 +247,7 @@ impl D2dEvent {
     pub fn is_d2d_type(event_type: &str) -> bool {
         matches!(
             event_type,
-            INVITE | ANSWER | CANDIDATES | CANCEL | SELECT_ANSWER
+            INVITE | ANSWER | CANDIDATES | CANCEL | SELECT_ANSWER | NEGOTIATE
         )
     }
 
@@ -318,6 +337,22 @@ impl D2dEvent {
                     selected_answer: raw.selected_answer,
                 })
             }
+            NEGOTIATE => {
+                let raw: RawNegotiate = from_object(object)?;
+                check_transfer_id(&raw.transfer_id)?;
+                let kind = raw.description.kind.clone();
+                if kind != "offer" && kind != "answer" {
+                    return Err(ParseError::Malformed(format!(
+                        "session description of type {kind:?}, expected \"offer\" or \"answer\""
+                    )));
+                }
+                check_sdp(&raw.description, &kind)?;
+                Self::Negotiate(Negotiate {
+                    transfer_id: raw.transfer_id,
+                    party_id,
+                    description: raw.description,
+                })
+            }
             _ => return Err(ParseError::UnknownType),
         };
         Ok(event)
@@ -374,6 +409,10 @@ impl D2dEvent {
                 }
                 c
             }
+            Self::Negotiate(e) => json!({
+                "transfer_id": e.transfer_id,
+                "description": e.description,
+            }),
         };
         content["version"] = json!(VERSION);
         if let Some(party_id) = self.party_id() {
@@ -414,6 +453,12 @@ struct RawCandidates {
 #[derive(Deserialize)]
 struct RawTransferId {
     transfer_id: String,
+}
+
+#[derive(Deserialize)]
+struct RawNegotiate {
+    transfer_id: String,
+    description: SessionDescription,
 }
 
 #[derive(Deserialize)]
@@ -768,6 +813,14 @@ mod tests {
                 selected_party_id: Some("OTHER".into()),
                 selected_answer: "$event".into(),
             }),
+            D2dEvent::Negotiate(Negotiate {
+                transfer_id: "t1".into(),
+                party_id: Some("DEV".into()),
+                description: SessionDescription {
+                    kind: "offer".into(),
+                    sdp: "v=0".into(),
+                },
+            }),
         ];
         for event in events {
             let content = event.to_content();
@@ -777,5 +830,29 @@ mod tests {
                 event
             );
         }
+    }
+
+    #[test]
+    fn negotiate_takes_offers_and_answers_only() {
+        let content = |kind: &str, sdp: &str| {
+            json!({
+                "transfer_id": "t1",
+                "version": 0,
+                "description": { "type": kind, "sdp": sdp },
+            })
+        };
+        for kind in ["offer", "answer"] {
+            assert!(D2dEvent::parse(NEGOTIATE, &content(kind, "v=0")).is_ok());
+        }
+        for (kind, sdp) in [("pranswer", "v=0"), ("offer", ""), ("", "v=0")] {
+            assert!(
+                D2dEvent::parse(NEGOTIATE, &content(kind, sdp)).is_err(),
+                "{kind:?} {sdp:?}"
+            );
+        }
+        let huge = "x".repeat(limits::MAX_SDP + 1);
+        assert!(D2dEvent::parse(NEGOTIATE, &content("offer", &huge)).is_err());
+        let no_description = json!({ "transfer_id": "t1", "version": 0 });
+        assert!(D2dEvent::parse(NEGOTIATE, &no_description).is_err());
     }
 }

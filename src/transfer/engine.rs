@@ -25,12 +25,12 @@ use tracing::{debug, info, warn};
 
 use super::lanes::{self, LaneRole};
 use super::lifecycle::{Action, OfferInfo, Party, Phase, Role, Transfer};
-use super::range::{self, RangeClient, RangeSource};
+use super::range::{self, LaneChannel, RangeClient, RangeSource};
 use crate::cache::spool::{self, SpoolReader, SpoolWriter};
 use crate::hex;
 use crate::signalling::events::{
-    Answer, Cancel, Candidate, Candidates, D2dEvent, FileInfo, Invite, MAX_LANES, SelectAnswer,
-    SessionDescription, limits,
+    Answer, Cancel, Candidate, Candidates, D2dEvent, FileInfo, Invite, MAX_LANES, Negotiate,
+    SelectAnswer, SessionDescription, limits,
 };
 use crate::signalling::sync::{self, IncomingEvent, OwnDevice, SyncOutput, now_ms};
 use crate::signalling::turn::TurnCache;
@@ -134,11 +134,15 @@ pub struct TransferSnapshot {
     pub path: Option<String>,
     /// Extra connections ("lanes") open for this transfer so far.
     pub lanes_open: u8,
+    /// Times the connection failed and was made again.
+    pub reconnects: u32,
 }
 
 /// Commands to a transfer's peer task.
 enum PeerCommand {
     UseAnswer(String),
+    /// (Sending) The receiver offers a new connection for this transfer.
+    Reconnect(String),
     AddCandidates(Vec<Candidate>),
     Close,
 }
@@ -170,6 +174,8 @@ struct Entry {
     lanes: u8,
     /// Extra connections opened so far.
     lanes_open: Arc<AtomicU8>,
+    /// Times the connection failed and was made again.
+    reconnects: u32,
 }
 
 impl Entry {
@@ -194,6 +200,7 @@ impl Entry {
             offer_range: t.offer.range,
             path: self.path.clone(),
             lanes_open: self.lanes_open.load(Ordering::Relaxed),
+            reconnects: self.reconnects,
         }
     }
 }
@@ -202,6 +209,22 @@ struct State {
     transfers: HashMap<String, Entry>,
     /// Event ids already handled: history reads and sync overlap.
     seen: LruCache<OwnedEventId, ()>,
+}
+
+/// A range-mode transfer's connection being made again.
+struct Reconnecting {
+    /// Past this the transfer fails.
+    give_up_at: Instant,
+    /// (Receiving) when the next fresh offer goes out.
+    next_attempt: Instant,
+    attempts: u32,
+    /// Why the connection failed.
+    reason: String,
+}
+
+/// Closes a connection that was replaced, without holding up its replacement.
+fn close_in_background(peer: Arc<dyn Peer>) {
+    tokio::spawn(async move { peer.close().await });
 }
 
 /// What the outbox task is asked to do, in order.
@@ -241,6 +264,13 @@ const SEEN_EVENTS: usize = 16_384;
 const CANDIDATE_BATCH_DELAY: Duration = Duration::from_millis(150);
 /// How long a data job may go on after its connection reported failure.
 const FAILURE_GRACE: Duration = Duration::from_secs(10);
+/// Least time a range-mode transfer whose connection failed keeps trying to connect again
+/// (longer while its offer lives).
+const RECONNECT_WINDOW: Duration = Duration::from_secs(120);
+/// How long one new connection may take before the receiving side offers another.
+const RECONNECT_ATTEMPT_WAIT: Duration = Duration::from_secs(20);
+/// Pause before the next offer when an attempt failed outright.
+const RECONNECT_RETRY: Duration = Duration::from_secs(2);
 /// How long an ended transfer is remembered past its offer's lifetime.
 const FORGET_AFTER_MS: u64 = 60_000;
 /// How long a stream receiver that has every byte waits for the sender's close.
@@ -451,6 +481,7 @@ impl Engine {
                     path: None,
                     lanes: 0,
                     lanes_open: Arc::default(),
+                    reconnects: 0,
                 },
             );
         }
@@ -736,6 +767,7 @@ impl Engine {
         for action in actions {
             match action {
                 Action::UseAnswer { sdp, .. } => to_peer(PeerCommand::UseAnswer(sdp)),
+                Action::Reconnect { offer_sdp } => to_peer(PeerCommand::Reconnect(offer_sdp)),
                 Action::AddCandidates(candidates) => {
                     to_peer(PeerCommand::AddCandidates(candidates))
                 }
@@ -798,13 +830,16 @@ impl Engine {
         };
         let now = now_ms();
         let transfer_id = incoming.event.transfer_id().to_owned();
-        let opens_a_transfer = matches!(incoming.event, D2dEvent::Invite(_) | D2dEvent::Answer(_));
+        let makes_a_connection = matches!(
+            incoming.event,
+            D2dEvent::Invite(_) | D2dEvent::Answer(_) | D2dEvent::Negotiate(_)
+        );
         let verified = incoming.decryption.as_ref().is_some_and(|d| d.verified);
-        if self.inner.config.verified_only && opens_a_transfer && !verified {
+        if self.inner.config.verified_only && makes_a_connection && !verified {
             info!(
                 %transfer_id,
                 sender = %incoming.sender,
-                "ignored an offer or answer from an unverified device (verified-only)"
+                "ignored an offer, answer or new connection from an unverified device (verified-only)"
             );
             return;
         }
@@ -847,6 +882,10 @@ impl Engine {
                 self.apply_to(&transfer_id, |t| {
                     t.on_select_answer(&from, select.selected_party_id.as_deref(), &me)
                 });
+            }
+            D2dEvent::Negotiate(negotiate) => {
+                let SessionDescription { kind, sdp } = negotiate.description;
+                self.apply_to(&transfer_id, |t| t.on_negotiate(&from, &kind, &sdp));
             }
         }
     }
@@ -899,6 +938,7 @@ impl Engine {
                 path: None,
                 lanes: invite.lanes,
                 lanes_open: Arc::default(),
+                reconnects: 0,
             },
         );
         drop(state);
@@ -941,6 +981,9 @@ impl Engine {
     }
 
     /// Owns one transfer's peer: feeds it signalling, sends its candidates, runs the data job.
+    /// In range mode it also mends the connection: when it fails, the receiving side offers a
+    /// new one (`org.d2dfs.negotiate`) and the sending side answers it, for as long as
+    /// [`Engine::reconnecting`] allows; readers only see a pause.
     #[allow(clippy::too_many_arguments)]
     async fn drive_peer(
         self,
@@ -952,10 +995,15 @@ impl Engine {
         job: DataJob,
         bytes_moved: Arc<AtomicU64>,
     ) {
-        let peer: Arc<dyn Peer> = Arc::from(peer);
+        let mut peer: Arc<dyn Peer> = Arc::from(peer);
+        // (Sending) the file, to serve it again over a new connection.
+        let serving = match &job {
+            DataJob::SendFile(path) => Some(path.clone()),
+            _ => None,
+        };
         let mut job = Some(job);
-        // Channels of the extra connections ("lanes"), for the data job.
-        let (lanes_tx, lanes_rx) = mpsc::channel(usize::from(MAX_LANES) + 1);
+        // Every channel for the data job: the connection's own, then its lanes.
+        let (mut lanes_tx, lanes_rx) = mpsc::channel(usize::from(MAX_LANES) + 1);
         let mut lanes_rx = Some(lanes_rx);
         let mut lanes_task: Option<tokio::task::JoinHandle<()>> = None;
         let mut batch: Vec<Candidate> = Vec::new();
@@ -968,6 +1016,7 @@ impl Engine {
         // finish what it was doing (the last bytes may already be here); it gets a grace
         // period before the failure is final.
         let mut failed: Option<(Instant, String)> = None;
+        let mut reconnecting: Option<Reconnecting> = None;
         loop {
             let flush = async {
                 match flush_at {
@@ -981,6 +1030,16 @@ impl Engine {
                     None => std::future::pending().await,
                 }
             };
+            let reconnect_due = async {
+                match &reconnecting {
+                    // The receiving side offers again now and then; both give up at the end.
+                    Some(r) if serving.is_none() => {
+                        tokio::time::sleep_until(r.next_attempt.min(r.give_up_at)).await;
+                    }
+                    Some(r) => tokio::time::sleep_until(r.give_up_at).await,
+                    None => std::future::pending().await,
+                }
+            };
             tokio::select! {
                 () = self.inner.shutdown.cancelled() => break,
                 () = grace_over => {
@@ -989,6 +1048,22 @@ impl Engine {
                     }
                     break;
                 }
+                () = reconnect_due => {
+                    let Some(r) = reconnecting.as_mut() else { continue };
+                    if Instant::now() >= r.give_up_at {
+                        let reason = format!("{}; the connection could not be made again", r.reason);
+                        self.apply_to(&transfer_id, |t| t.on_failed(&reason));
+                        break;
+                    }
+                    r.attempts += 1;
+                    r.next_attempt = Instant::now() + RECONNECT_ATTEMPT_WAIT;
+                    debug!(%transfer_id, attempt = r.attempts, "offering a new connection");
+                    if let Some(fresh) = self.offer_again(&room_id, &transfer_id).await {
+                        close_in_background(std::mem::replace(&mut peer, Arc::from(fresh.peer)));
+                        events = fresh.events;
+                        events_open = true;
+                    }
+                }
                 () = flush => {
                     flush_at = None;
                     self.send_candidates(&room_id, &transfer_id, std::mem::take(&mut batch), party_id.clone());
@@ -996,7 +1071,32 @@ impl Engine {
                 command = commands.recv() => match command {
                     Some(PeerCommand::UseAnswer(sdp)) => {
                         if let Err(error) = peer.set_answer(&sdp).await {
-                            self.apply_to(&transfer_id, |t| t.on_failed(&error.to_string()));
+                            if serving.is_none() {
+                                // (Receiving) answers come only for new connections: one
+                                // that does not fit belongs to an earlier attempt.
+                                debug!(%transfer_id, %error, "an answer for an earlier attempt; ignored");
+                            } else {
+                                self.apply_to(&transfer_id, |t| t.on_failed(&error.to_string()));
+                            }
+                        }
+                    }
+                    Some(PeerCommand::Reconnect(offer_sdp)) => {
+                        let Some(path) = &serving else { continue };
+                        if reconnecting.is_none() {
+                            // The receiver saw the failure first.
+                            reconnecting = Some(self.reconnecting(&transfer_id, "the receiver lost the connection"));
+                        }
+                        // Whatever ran on the old connection starts again on the new one.
+                        for task in [data_task.take(), lanes_task.take()].into_iter().flatten() {
+                            task.abort();
+                        }
+                        job = Some(DataJob::SendFile(path.clone()));
+                        let (tx, rx) = mpsc::channel(usize::from(MAX_LANES) + 1);
+                        (lanes_tx, lanes_rx) = (tx, Some(rx));
+                        if let Some(fresh) = self.answer_again(&room_id, &transfer_id, &offer_sdp).await {
+                            close_in_background(std::mem::replace(&mut peer, Arc::from(fresh.peer)));
+                            events = fresh.events;
+                            events_open = true;
                         }
                     }
                     Some(PeerCommand::AddCandidates(candidates)) => {
@@ -1026,8 +1126,13 @@ impl Engine {
                     }
                     Some(PeerEvent::Connected(channel)) => {
                         let path = peer.path().await;
+                        let again = reconnecting.take().is_some();
                         if let Some(entry) = self.lock().transfers.get_mut(&transfer_id) {
                             entry.path = path;
+                            entry.reconnects += u32::from(again);
+                        }
+                        if again {
+                            info!(%transfer_id, "connection made again; the transfer goes on");
                         }
                         self.apply_to(&transfer_id, |t| { t.on_connected(); Vec::new() });
                         let (sending, count) = self.lock().transfers.get(&transfer_id).map_or(
@@ -1038,13 +1143,43 @@ impl Engine {
                             lanes_task = Some(tokio::spawn(self.clone().run_lanes(transfer_id.clone(), LaneRole::Offering, Some(peer.clone()), None, count, lanes_tx.clone(),
                             )));
                         }
-                        if let (Some(job), Some(more)) = (job.take(), lanes_rx.take()) {
+                        let _ = lanes_tx.send(LaneChannel { channel, extra: false }).await;
+                        if let (Some(job), Some(lanes)) = (job.take(), lanes_rx.take()) {
                             data_task = Some(tokio::spawn(self.clone().run_data_job(
-                                transfer_id.clone(), channel, more, job, bytes_moved.clone(),
+                                transfer_id.clone(), lanes, job, bytes_moved.clone(),
                             )));
                         }
                     }
                     Some(PeerEvent::Failed(reason)) => {
+                        let range = self.transfer(&transfer_id).is_some_and(|t| t.range && !t.phase.is_final());
+                        let was_connected = data_task.is_some() || reconnecting.is_some();
+                        if range && was_connected {
+                            match reconnecting.as_mut() {
+                                // An attempt failed: the next one comes sooner.
+                                Some(r) => r.next_attempt = r.next_attempt.min(Instant::now() + RECONNECT_RETRY),
+                                None => {
+                                    info!(%transfer_id, %reason, "connection failed; making it again");
+                                    reconnecting = Some(self.reconnecting(&transfer_id, &reason));
+                                    // The old connection's lanes go with it; a sender's job
+                                    // starts again with the new connection (left running, it
+                                    // would take the closing channel for the receiver's end).
+                                    if let Some(task) = lanes_task.take() {
+                                        task.abort();
+                                    }
+                                    if let Some(path) = &serving {
+                                        if let Some(task) = data_task.take() {
+                                            task.abort();
+                                        }
+                                        job = Some(DataJob::SendFile(path.clone()));
+                                        let (tx, rx) = mpsc::channel(usize::from(MAX_LANES) + 1);
+                                        (lanes_tx, lanes_rx) = (tx, Some(rx));
+                                    }
+                                    // Its channels close: what they owed goes back to the queue.
+                                    close_in_background(peer.clone());
+                                }
+                            }
+                            continue;
+                        }
                         match &data_task {
                             Some(task) if !task.is_finished() => {
                                 debug!(%transfer_id, %reason, "connection failed while data moved");
@@ -1064,6 +1199,72 @@ impl Engine {
         }
         peer.close().await;
         debug!(%transfer_id, "peer closed");
+    }
+
+    /// The reconnection of a transfer whose connection failed for `reason`: attempts go on
+    /// while the offer lives, and for [`RECONNECT_WINDOW`] at least.
+    fn reconnecting(&self, transfer_id: &str, reason: &str) -> Reconnecting {
+        let now = Instant::now();
+        let expires_at_ms = self.transfer(transfer_id).map_or(0, |t| t.expires_at_ms);
+        let offer_left = Duration::from_millis(expires_at_ms.saturating_sub(now_ms()));
+        Reconnecting {
+            give_up_at: now + offer_left.max(RECONNECT_WINDOW),
+            next_attempt: now,
+            attempts: 0,
+            reason: reason.to_owned(),
+        }
+    }
+
+    /// (Receiving) A new connection for a transfer whose connection failed: makes the offer
+    /// and sends it to the sender.
+    async fn offer_again(&self, room_id: &RoomId, transfer_id: &str) -> Option<NewPeer> {
+        let ice = self.inner.turn.get().await;
+        match self.inner.connector.offer(&ice).await {
+            Ok(mut fresh) => {
+                let sdp = std::mem::take(&mut fresh.sdp);
+                self.send_negotiate(room_id, transfer_id, "offer", sdp);
+                Some(fresh)
+            }
+            Err(error) => {
+                warn!(%transfer_id, %error, "no new connection");
+                None
+            }
+        }
+    }
+
+    /// (Sending) Answers the receiver's offer of a new connection.
+    async fn answer_again(
+        &self,
+        room_id: &RoomId,
+        transfer_id: &str,
+        offer_sdp: &str,
+    ) -> Option<NewPeer> {
+        let ice = self.inner.turn.get().await;
+        match self.inner.connector.answer(&ice, offer_sdp).await {
+            Ok(mut fresh) => {
+                let sdp = std::mem::take(&mut fresh.sdp);
+                self.send_negotiate(room_id, transfer_id, "answer", sdp);
+                Some(fresh)
+            }
+            Err(error) => {
+                warn!(%transfer_id, %error, "the receiver's new connection was refused");
+                None
+            }
+        }
+    }
+
+    fn send_negotiate(&self, room_id: &RoomId, transfer_id: &str, kind: &str, sdp: String) {
+        self.send(
+            room_id,
+            D2dEvent::Negotiate(Negotiate {
+                transfer_id: transfer_id.to_owned(),
+                party_id: self.party().party_id,
+                description: SessionDescription {
+                    kind: kind.to_owned(),
+                    sdp,
+                },
+            }),
+        );
     }
 
     fn send_candidates(
@@ -1095,7 +1296,7 @@ impl Engine {
         peer: Option<Arc<dyn Peer>>,
         control: Option<Box<dyn Channel>>,
         count: u8,
-        opened: mpsc::Sender<Box<dyn Channel>>,
+        opened: mpsc::Sender<LaneChannel>,
     ) {
         let control = match (control, peer) {
             (Some(control), _) => control,
@@ -1121,7 +1322,14 @@ impl Engine {
                 if let Some(counter) = &counter {
                     counter.fetch_add(1, Ordering::Relaxed);
                 }
-                if opened.send(channel).await.is_err() {
+                if opened
+                    .send(LaneChannel {
+                        channel,
+                        extra: true,
+                    })
+                    .await
+                    .is_err()
+                {
                     return;
                 }
             }
@@ -1140,33 +1348,40 @@ impl Engine {
     async fn run_data_job(
         self,
         transfer_id: String,
-        mut channel: Box<dyn Channel>,
-        more: mpsc::Receiver<Box<dyn Channel>>,
+        mut lanes: mpsc::Receiver<LaneChannel>,
         job: DataJob,
         bytes_moved: Arc<AtomicU64>,
     ) {
         let result = match job {
+            DataJob::ReceiveRanges(client) => client.run(lanes, bytes_moved.clone()).await,
             DataJob::SendFile(path) => match self.transfer(&transfer_id) {
-                Some(t) if t.range => {
-                    serve_lanes(&mut *channel, more, &path, t.size, &bytes_moved).await
-                }
-                Some(_) => send_file(&mut *channel, &path, &bytes_moved).await,
+                Some(t) if t.range => serve_lanes(lanes, &path, t.size, &bytes_moved).await,
+                Some(_) => match lanes.recv().await {
+                    Some(mut first) => send_file(&mut *first.channel, &path, &bytes_moved).await,
+                    None => return,
+                },
                 None => return,
             },
-            DataJob::ReceiveRanges(client) => client.run(channel, more, bytes_moved.clone()).await,
             DataJob::ReceiveSpool(writer) => {
-                let sha256 = match self.transfer(&transfer_id) {
-                    Some(t) => t.sha256,
-                    None => return,
+                let (Some(t), Some(mut first)) = (self.transfer(&transfer_id), lanes.recv().await)
+                else {
+                    return;
                 };
-                receive_spool(&mut *channel, writer, sha256.as_deref(), &bytes_moved).await
+                receive_spool(
+                    &mut *first.channel,
+                    writer,
+                    t.sha256.as_deref(),
+                    &bytes_moved,
+                )
+                .await
             }
             DataJob::ReceiveFile { dest } => {
-                let (size, sha256) = match self.transfer(&transfer_id) {
-                    Some(t) => (t.size, t.sha256),
-                    None => return,
+                let (Some(t), Some(mut first)) = (self.transfer(&transfer_id), lanes.recv().await)
+                else {
+                    return;
                 };
-                receive_file(&mut *channel, &dest, size, sha256.as_deref(), &bytes_moved).await
+                let sha256 = t.sha256.as_deref();
+                receive_file(&mut *first.channel, &dest, t.size, sha256, &bytes_moved).await
             }
         };
         match result {
@@ -1185,29 +1400,39 @@ impl Engine {
     }
 }
 
-/// Range mode, sending side: serves the first channel and every lane that opens, until the
-/// receiver closes the first (the transfer is over; the lanes go with it).
+/// Range mode, sending side: serves the connection's own channel and every lane that opens,
+/// until the receiver closes its own (the transfer is over; the lanes go with it).
 async fn serve_lanes(
-    first: &mut dyn Channel,
-    mut more: mpsc::Receiver<Box<dyn Channel>>,
+    mut channels: mpsc::Receiver<LaneChannel>,
     path: &Path,
     size: u64,
     moved: &Arc<AtomicU64>,
 ) -> Result<(), String> {
     let mut lanes = tokio::task::JoinSet::new();
-    let main = range::serve(first, path, size, moved);
-    tokio::pin!(main);
+    let mut serve_lane = |mut channel: Box<dyn Channel>| {
+        let (path, moved) = (path.to_owned(), moved.clone());
+        lanes.spawn(async move {
+            if let Err(error) = range::serve(&mut *channel, &path, size, &moved).await {
+                debug!(%error, "lane ended");
+            }
+        });
+    };
+    let mut own = loop {
+        match channels.recv().await {
+            Some(LaneChannel {
+                channel,
+                extra: false,
+            }) => break channel,
+            Some(LaneChannel { channel, .. }) => serve_lane(channel),
+            None => return Err("the connection closed before it was served".to_owned()),
+        }
+    };
+    let served = range::serve(&mut *own, path, size, moved);
+    tokio::pin!(served);
     loop {
         tokio::select! {
-            result = &mut main => return result,
-            Some(mut channel) = more.recv() => {
-                let (path, moved) = (path.to_owned(), moved.clone());
-                lanes.spawn(async move {
-                    if let Err(error) = range::serve(&mut *channel, &path, size, &moved).await {
-                        debug!(%error, "lane ended");
-                    }
-                });
-            }
+            result = &mut served => return result,
+            Some(LaneChannel { channel, .. }) = channels.recv() => serve_lane(channel),
         }
     }
 }

@@ -13,6 +13,8 @@
 //! - A cancel from the peer ends the transfer. Before an answer is taken, a cancel from any
 //!   other device is that device's rejection, and ends the offer (MSC2354: "to cancel a
 //!   transfer or reject an offer"); after, only the chosen peer's cancel counts.
+//! - A range-mode connection that fails is made again (`org.d2dfs.negotiate`): the receiving
+//!   device offers, the chosen peer alone may answer, and only while the transfer is live.
 //! - Events of our own device are echoes and change nothing.
 
 use std::fmt;
@@ -123,6 +125,8 @@ pub enum Action {
         answer_event_id: String,
         peer: Party,
     },
+    /// (Sending) The receiver makes the failed connection again: answer this offer.
+    Reconnect { offer_sdp: String },
     /// Feed the peer's candidates to the connection.
     AddCandidates(Vec<Candidate>),
     /// Send `m.d2dfile.cancel` with this reason.
@@ -403,6 +407,28 @@ impl Transfer {
         vec![Action::Close]
     }
 
+    /// A fresh description for a connection made again (`org.d2dfs.negotiate`): an offer
+    /// from the receiver we serve, or the offerer's answer to ours. Anyone else's, or one
+    /// for a transfer that is not connected in range mode, changes nothing.
+    pub fn on_negotiate(&mut self, from: &Party, kind: &str, sdp: &str) -> Vec<Action> {
+        if !self.range || !matches!(self.phase, Phase::Connecting | Phase::Transferring) {
+            return Vec::new();
+        }
+        match (self.role, kind) {
+            (Role::Sending, "offer") if self.peer.as_ref().is_some_and(|p| p.matches(from)) => {
+                vec![Action::Reconnect {
+                    offer_sdp: sdp.to_owned(),
+                }]
+            }
+            (Role::Receiving, "answer") if self.offerer.matches(from) => vec![Action::UseAnswer {
+                sdp: sdp.to_owned(),
+                peer: from.clone(),
+                range: true,
+            }],
+            _ => Vec::new(),
+        }
+    }
+
     /// The data channel opened.
     pub fn on_connected(&mut self) {
         if matches!(self.phase, Phase::Answered | Phase::Connecting) {
@@ -639,5 +665,42 @@ mod tests {
         let mut t = outgoing();
         assert_eq!(t.on_failed("ICE failed").len(), 2);
         assert_eq!(t.phase, Phase::Failed);
+    }
+
+    #[test]
+    fn only_the_peer_of_a_connected_range_transfer_renegotiates() {
+        let (bob, mallory) = (party("@b", Some("B")), party("@m", Some("M")));
+        let mut t = outgoing();
+        // Not connected yet: nothing to make again.
+        assert!(t.on_negotiate(&bob, "offer", "sdp").is_empty());
+        t.on_answer(bob.clone(), "$answer", "sdp", true, 1);
+        t.on_connected();
+        assert!(t.on_negotiate(&mallory, "offer", "sdp").is_empty());
+        assert!(t.on_negotiate(&bob, "answer", "sdp").is_empty());
+        assert_eq!(
+            t.on_negotiate(&bob, "offer", "sdp2"),
+            vec![Action::Reconnect {
+                offer_sdp: "sdp2".into()
+            }]
+        );
+        t.on_complete();
+        assert!(t.on_negotiate(&bob, "offer", "sdp").is_empty());
+
+        let alice = party("@a", Some("A"));
+        let mut t = incoming(0);
+        assert!(t.accept(bob.clone(), true, 1000));
+        t.on_select_answer(&alice, Some("B"), &bob);
+        assert!(t.on_negotiate(&mallory, "answer", "sdp").is_empty());
+        assert!(t.on_negotiate(&alice, "offer", "sdp").is_empty());
+        assert!(matches!(
+            t.on_negotiate(&alice, "answer", "sdp3")[..],
+            [Action::UseAnswer { ref sdp, .. }] if sdp == "sdp3"
+        ));
+
+        // Stream mode has no way to go on where it stopped.
+        let mut t = incoming(0);
+        assert!(t.accept(bob.clone(), false, 1000));
+        t.on_select_answer(&alice, Some("B"), &bob);
+        assert!(t.on_negotiate(&alice, "answer", "sdp").is_empty());
     }
 }

@@ -156,6 +156,9 @@ const LANE_STALL_LIMIT: Duration = Duration::from_secs(15);
 pub struct RangeSource {
     asks: mpsc::Sender<Ask>,
     size: u64,
+    /// Dropped with the last handle: tells a client waiting for a connection that nobody
+    /// will read any more.
+    _alive: Arc<oneshot::Sender<()>>,
 }
 
 impl RangeSource {
@@ -184,8 +187,27 @@ impl RangeSource {
 /// Makes the handle and the task that will own the channels once they are open.
 pub fn client(size: u64) -> (RangeSource, RangeClient) {
     let (asks, incoming) = mpsc::channel(256);
+    let (alive, sources_gone) = oneshot::channel();
     let retry = asks.downgrade();
-    (RangeSource { asks, size }, RangeClient { incoming, retry })
+    let source = RangeSource {
+        asks,
+        size,
+        _alive: Arc::new(alive),
+    };
+    let client = RangeClient {
+        incoming,
+        retry,
+        sources_gone,
+    };
+    (source, client)
+}
+
+/// A channel to fetch ranges over.
+pub struct LaneChannel {
+    pub channel: Box<dyn Channel>,
+    /// An extra connection ("lane"), dropped when it stalls. Otherwise the transfer's own
+    /// connection: the engine watches that one and makes it again when it fails.
+    pub extra: bool,
 }
 
 /// The receiving side's half that drives the channels ("lanes").
@@ -193,66 +215,72 @@ pub struct RangeClient {
     incoming: mpsc::Receiver<Ask>,
     /// Where a failed lane hands back what it owed (weak: it must not keep the queue open).
     retry: mpsc::WeakSender<Ask>,
+    sources_gone: oneshot::Receiver<()>,
 }
 
 /// The queue every lane takes requests from: an idle lane takes the next one.
 type AskQueue = Arc<tokio::sync::Mutex<mpsc::Receiver<Ask>>>;
 
+/// How a lane ended.
+enum LaneEnd {
+    /// Every source is gone: the transfer is over.
+    Done,
+    /// Its connection closed or stalled; what it owed went back to the queue.
+    Lost(String),
+    /// The sender broke the range protocol; the readers waiting on this lane were told.
+    Broken(String),
+}
+
 impl RangeClient {
-    /// Sends requests and places answers over `first` and every further channel that comes
-    /// through `more`, until every [`RangeSource`] is dropped (then closes the first: the
-    /// transfer is over) or the first channel fails. A further lane that fails is dropped;
-    /// the others take over its requests.
+    /// Sends requests and places answers over every channel that comes through `channels`,
+    /// until every [`RangeSource`] is dropped (the transfer is over: the channels are closed).
+    /// A channel that fails hands its requests to the others, or to the next channel to come
+    /// (the engine connects again); requests wait meanwhile. Fails when the sender breaks the
+    /// protocol, or when no channel is left and `channels` is closed.
     pub async fn run(
         self,
-        first: Box<dyn Channel>,
-        mut more: mpsc::Receiver<Box<dyn Channel>>,
+        mut channels: mpsc::Receiver<LaneChannel>,
         moved: Arc<AtomicU64>,
     ) -> Result<(), String> {
         let queue: AskQueue = Arc::new(tokio::sync::Mutex::new(self.incoming));
-        // Alone, the first lane takes every request the cache makes (as many as read-ahead
-        // wants in flight); once other lanes come, it takes its share.
-        let first_depth = Arc::new(AtomicUsize::new(usize::MAX));
-        let lane_depth = Arc::new(AtomicUsize::new(LANE_DEPTH));
+        // A lone lane takes every request the cache makes (as many as read-ahead wants in
+        // flight); with others beside it, each takes its share.
+        let depth = Arc::new(AtomicUsize::new(usize::MAX));
         let mut lanes = tokio::task::JoinSet::new();
-        let first_lane = lanes
-            .spawn(lane(
-                first,
-                queue.clone(),
-                self.retry.clone(),
-                moved.clone(),
-                None,
-                first_depth.clone(),
-            ))
-            .id();
-        let mut more_open = true;
+        let mut channels_open = true;
+        let mut sources_gone = self.sources_gone;
         loop {
+            let share = if lanes.len() > 1 {
+                LANE_DEPTH
+            } else {
+                usize::MAX
+            };
+            depth.store(share, Ordering::Relaxed);
             tokio::select! {
-                channel = more.recv(), if more_open => match channel {
-                    Some(channel) => {
-                        first_depth.store(LANE_DEPTH, Ordering::Relaxed);
-                        let stall = Some(LANE_STALL_LIMIT);
+                next = channels.recv(), if channels_open => match next {
+                    Some(LaneChannel { channel, extra }) => {
+                        let stall_limit = extra.then_some(LANE_STALL_LIMIT);
                         lanes.spawn(lane(
-                            channel, queue.clone(), self.retry.clone(), moved.clone(), stall,
-                            lane_depth.clone(),
+                            channel, queue.clone(), self.retry.clone(), moved.clone(),
+                            stall_limit, depth.clone(),
                         ));
                     }
-                    None => more_open = false,
+                    None if lanes.is_empty() => {
+                        return Err("the connection to the sender is gone".to_owned());
+                    }
+                    None => channels_open = false,
                 },
-                done = lanes.join_next_with_id() => match done {
-                    None => return Ok(()),
-                    Some(Ok((id, result))) if id == first_lane => {
-                        // Over (every source dropped) or failed: either way the other lanes
-                        // owe nobody anything and go with their connections.
-                        return result;
+                _ = &mut sources_gone, if lanes.is_empty() => return Ok(()),
+                Some(ended) = lanes.join_next() => match ended {
+                    Ok(LaneEnd::Done) => return Ok(()),
+                    Ok(LaneEnd::Broken(error)) => return Err(error),
+                    Ok(LaneEnd::Lost(error)) if lanes.is_empty() && !channels_open => {
+                        return Err(error);
                     }
-                    Some(Ok((_, Err(error)))) => warn!(%error, "a lane failed; the others take its requests"),
-                    Some(Ok((_, Ok(())))) => {
-                        if lanes.is_empty() {
-                            return Ok(());
-                        }
+                    Ok(LaneEnd::Lost(error)) => {
+                        debug!(%error, "a lane was lost; its requests wait for another");
                     }
-                    Some(Err(error)) => return Err(format!("a lane stopped: {error}")),
+                    Err(error) => return Err(format!("a lane stopped: {error}")),
                 },
             }
         }
@@ -267,7 +295,7 @@ async fn lane(
     moved: Arc<AtomicU64>,
     stall_limit: Option<Duration>,
     depth: Arc<AtomicUsize>,
-) -> Result<(), String> {
+) -> LaneEnd {
     let mut pending: HashMap<u32, Pending> = HashMap::new();
     let mut next_id: u32 = 1;
     let mut last_heard = tokio::time::Instant::now();
@@ -285,7 +313,8 @@ async fn lane(
             ask = async { queue.lock().await.recv().await }, if pending.len() < depth.load(Ordering::Relaxed) => {
                 let Some((offset, length, reply)) = ask else {
                     // Every source is gone: the transfer is over.
-                    return channel.close().await.map_err(|e| e.to_string());
+                    let _ = channel.close().await;
+                    return LaneEnd::Done;
                 };
                 let request_id = next_id;
                 next_id = next_id.wrapping_add(1).max(1);
@@ -314,12 +343,13 @@ async fn lane(
                     for (_, p) in pending.drain() {
                         let _ = p.reply.send(Err(error.clone()));
                     }
-                    return Err(error.to_string());
+                    return LaneEnd::Broken(error.to_string());
                 }
             }
         }
     };
-    // Hand what this lane still owed to the others; with none left, the readers learn why.
+    // Hand what this lane still owed to the others (or to the next lane to come); with the
+    // queue gone, the readers learn why.
     for (_, request) in pending.drain() {
         let ask = (request.offset, request.length as u32, request.reply);
         match retry.upgrade() {
@@ -333,7 +363,7 @@ async fn lane(
             }
         }
     }
-    Err(failure)
+    LaneEnd::Lost(failure)
 }
 
 /// Puts one answer frame where it belongs.
@@ -549,9 +579,12 @@ mod tests {
         let (source, client) = client(size);
         let (first_ours, mut first_theirs) = memory::pair(64);
         let (second_ours, mut second_theirs) = memory::pair(64);
-        let (more_tx, more_rx) = mpsc::channel::<Box<dyn Channel>>(1);
-        more_tx.send(Box::new(second_ours)).await.unwrap();
-        let run = tokio::spawn(client.run(Box::new(first_ours), more_rx, Arc::default()));
+        let (lanes_tx, lanes_rx) = mpsc::channel(2);
+        for (channel, extra) in [(first_ours, false), (second_ours, true)] {
+            let channel = Box::new(channel);
+            lanes_tx.send(LaneChannel { channel, extra }).await.unwrap();
+        }
+        let run = tokio::spawn(client.run(lanes_rx, Arc::default()));
         let fetches: Vec<_> = (0..8u64)
             .map(|i| {
                 let source = source.clone();
@@ -578,5 +611,70 @@ mod tests {
         drop(source);
         run.await.unwrap().unwrap();
         server.await.unwrap().unwrap();
+    }
+
+    #[tokio::test]
+    async fn requests_of_a_lost_connection_wait_for_the_next_one() {
+        let (file, data) = file(1 << 20);
+        let size = data.len() as u64;
+        let (source, client) = client(size);
+        let (lanes_tx, lanes_rx) = mpsc::channel(2);
+        let run = tokio::spawn(client.run(lanes_rx, Arc::default()));
+        let (old_ours, mut old_theirs) = memory::pair(64);
+        let channel = Box::new(old_ours);
+        lanes_tx
+            .send(LaneChannel {
+                channel,
+                extra: false,
+            })
+            .await
+            .unwrap();
+        let fetches: Vec<_> = (0..4u64)
+            .map(|i| {
+                let source = source.clone();
+                tokio::spawn(async move { source.fetch(i << 18, 1 << 18).await })
+            })
+            .collect();
+        // The connection dies with requests on it; nothing fails while no channel is left.
+        old_theirs.recv().await.unwrap().unwrap();
+        drop(old_theirs);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert!(fetches.iter().all(|fetch| !fetch.is_finished()));
+        assert!(!run.is_finished());
+        // The engine connects again: the same requests go over the new channel.
+        let (new_ours, mut new_theirs) = memory::pair(64);
+        let channel = Box::new(new_ours);
+        lanes_tx
+            .send(LaneChannel {
+                channel,
+                extra: false,
+            })
+            .await
+            .unwrap();
+        let path = file.path().to_owned();
+        let server =
+            tokio::spawn(
+                async move { serve(&mut new_theirs, &path, size, &AtomicU64::new(0)).await },
+            );
+        for (i, fetch) in fetches.into_iter().enumerate() {
+            let got = fetch.await.unwrap().unwrap();
+            assert_eq!(&got[..], &data[i << 18..(i + 1) << 18]);
+        }
+        drop(source);
+        run.await.unwrap().unwrap();
+        server.await.unwrap().unwrap();
+    }
+
+    #[tokio::test]
+    async fn readers_that_leave_while_no_channel_is_left_end_the_client() {
+        let (source, client) = client(1 << 20);
+        let (_lanes_tx, lanes_rx) = mpsc::channel(1);
+        let run = tokio::spawn(client.run(lanes_rx, Arc::default()));
+        drop(source);
+        tokio::time::timeout(Duration::from_secs(5), run)
+            .await
+            .expect("the client ends")
+            .unwrap()
+            .unwrap();
     }
 }

@@ -4,9 +4,9 @@
 use crate::harness::cli::CliProfile;
 use crate::harness::homeserver::OwnHomeserver;
 use crate::harness::mount::{TestMount, eventually, getfattr, must, sh, sha256};
-use crate::netns::Split;
 use crate::harness::turn::Coturn;
 use crate::harness::users::{RoomSpec, TestUser, create_shared_room};
+use crate::netns::Split;
 
 use std::time::Duration;
 
@@ -112,25 +112,60 @@ async fn devices_that_cannot_reach_each_other_meet_through_the_turn_relay() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_link_cut_mid_copy_is_a_pause_and_the_bytes_come_out_right() {
-    let sites = Sites::up("link-cut").await;
+    // Short of ICE's failure timeout (about 30 s): the connection itself survives.
+    let (sites, placeholder) = copy_across_a_cut("link-cut", Duration::from_secs(10)).await;
+    assert_eq!(
+        getfattr(&placeholder, "reconnects").await.as_deref(),
+        Some("0"),
+        "{}",
+        sites.logs()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_link_down_past_ice_failure_is_reconnected_and_the_copy_goes_on() {
+    // Past ICE's failure timeout: the connection dies and is made again for the same
+    // transfer (org.d2dfs.negotiate) once the link is back.
+    let (sites, placeholder) = copy_across_a_cut("link-down", Duration::from_secs(40)).await;
+    let reconnects: u32 = getfattr(&placeholder, "reconnects")
+        .await
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0);
+    assert!(
+        reconnects >= 1,
+        "reconnects: {reconnects}\n{}",
+        sites.logs()
+    );
+    assert!(
+        sites.bob.log().contains("connection made again"),
+        "{}",
+        sites.logs()
+    );
+}
+
+/// Copies a 96 MiB offer out of bob's mount while bob's site is off the network (homeserver
+/// and relay too) for `down` once data moves; the copy must succeed with the right bytes.
+async fn copy_across_a_cut(name: &str, down: Duration) -> (Sites, std::path::PathBuf) {
+    let sites = Sites::up(name).await;
     let (source, placeholder) = sites.offer("cut.bin", "96M").await;
     let copy = sites.scratch.path().join("copy.bin");
     let script = format!("cp '{}' '{}'", placeholder.display(), copy.display());
     let copying = tokio::spawn(async move { sh(&script).await });
-    // Once data moves, bob's site drops off the network for 10 s (homeserver and relay too).
     let moving = eventually(Duration::from_secs(120), || {
         std::fs::metadata(&copy).is_ok_and(|m| m.len() > 4 << 20)
     })
     .await;
     assert!(moving, "the copy never started\n{}", sites.logs());
     sites.split.set_link(1, false);
-    tokio::time::sleep(Duration::from_secs(10)).await;
+    tokio::time::sleep(down).await;
     assert!(
         !copying.is_finished(),
-        "the copy ended while the link was down"
+        "the copy ended while the link was down\n{}",
+        sites.logs()
     );
     sites.split.set_link(1, true);
     let copied = copying.await.unwrap();
     assert!(copied.success, "{}\n{}", copied.stderr, sites.logs());
     assert_eq!(sha256(&copy).await, sha256(&source).await);
+    (sites, placeholder)
 }
