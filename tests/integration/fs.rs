@@ -128,7 +128,12 @@ async fn a_gigabyte_goes_in_with_cp_and_comes_out_with_cp() {
         Some(p.alice.user.user_id.as_str())
     );
     let out = scratch.path().join("copied.iso");
-    let copy = sh(&format!("cp '{}' '{}'", placeholder.display(), out.display())).await;
+    let copy = sh(&format!(
+        "cp '{}' '{}'",
+        placeholder.display(),
+        out.display()
+    ))
+    .await;
     assert!(
         copy.success,
         "cp out failed: {}\nbob's log:\n{}\nalice's log:\n{}",
