@@ -1,9 +1,10 @@
-//! Faults injected for real: devices in network namespaces that cannot reach each other, and
-//! links cut under a running copy.
+//! Faults injected for real: devices in network namespaces that cannot reach each other,
+//! links cut under a running copy, a sending process stopped mid-copy.
 
 use crate::harness::cli::CliProfile;
 use crate::harness::homeserver::OwnHomeserver;
 use crate::harness::mount::{TestMount, eventually, getfattr, must, sh, sha256};
+use crate::harness::pair::{pair, private};
 use crate::harness::turn::Coturn;
 use crate::harness::users::{RoomSpec, TestUser, create_shared_room};
 use crate::netns::Split;
@@ -168,4 +169,63 @@ async fn copy_across_a_cut(name: &str, down: Duration) -> (Sites, std::path::Pat
     assert!(copied.success, "{}\n{}", copied.stderr, sites.logs());
     assert_eq!(sha256(&copy).await, sha256(&source).await);
     (sites, placeholder)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_sender_paused_past_ice_failure_is_reconnected_and_the_copy_goes_on() {
+    // The sending mount's process stopped (SIGSTOP) for 40 s mid-copy: the receiver's ICE
+    // gives up on it after about 30 s, and the connection is made again once it runs.
+    let p = pair(private()).await;
+    let scratch = tempfile::tempdir().unwrap();
+    let source = scratch.path().join("paused.bin");
+    must(
+        sh(&format!(
+            "head -c 512M /dev/urandom > '{}'",
+            source.display()
+        ))
+        .await,
+    );
+    let alice_room = p.alice.room(&p.room_id);
+    must(
+        sh(&format!(
+            "cp '{}' '{}/'",
+            source.display(),
+            alice_room.display()
+        ))
+        .await,
+    );
+    let placeholder = p.bob.room(&p.room_id).join("paused.bin");
+    p.bob.wait_for(&placeholder).await;
+    let alice_pid = getfattr(p.alice.path(), "pid").await.expect("alice's pid");
+    let copy = scratch.path().join("copy.bin");
+    let script = format!("cp '{}' '{}'", placeholder.display(), copy.display());
+    let copying = tokio::spawn(async move { sh(&script).await });
+    let moving = eventually(Duration::from_secs(120), || {
+        std::fs::metadata(&copy).is_ok_and(|m| m.len() > 4 << 20)
+    })
+    .await;
+    assert!(moving, "the copy never started\n{}", p.bob.log());
+    must(sh(&format!("kill -STOP {alice_pid}")).await);
+    tokio::time::sleep(Duration::from_secs(40)).await;
+    let paused_copy_went_on = copying.is_finished();
+    must(sh(&format!("kill -CONT {alice_pid}")).await);
+    assert!(
+        !paused_copy_went_on,
+        "the copy ended while the sender was stopped"
+    );
+    let copied = copying.await.unwrap();
+    let logs = || {
+        format!(
+            "bob's log:\n{}\nalice's log:\n{}",
+            p.bob.log(),
+            p.alice.log()
+        )
+    };
+    assert!(copied.success, "{}\n{}", copied.stderr, logs());
+    assert_eq!(sha256(&copy).await, sha256(&source).await);
+    let reconnects: u32 = getfattr(&placeholder, "reconnects")
+        .await
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0);
+    assert!(reconnects >= 1, "reconnects: {reconnects}\n{}", logs());
 }

@@ -4,50 +4,12 @@
 use std::path::Path;
 use std::time::Duration;
 
-use matrix_sdk::Client;
 use matrix_sdk::ruma::api::client::room::create_room;
 use serde_json::json;
 
 use crate::harness::mount::{TestMount, eventually, getfattr, must, sh, sha256};
+use crate::harness::pair::{Pair, pair, private};
 use crate::harness::users::{RoomSpec, TestUser, create_shared_room};
-
-/// Two users, their clients, a shared room, and both mounted.
-struct Pair {
-    alice: TestMount,
-    bob: TestMount,
-    room_id: String,
-    bob_client: Client,
-}
-
-async fn pair(spec: RoomSpec<'_>) -> Pair {
-    let alice_user = TestUser::register("fsalice").await;
-    let bob_user = TestUser::register("fsbob").await;
-    let alice_client = alice_user.client().await;
-    let bob_client = bob_user.client().await;
-    let room_id = create_shared_room(&alice_client, &[&bob_client], spec)
-        .await
-        .to_string();
-    let (alice, bob) = tokio::join!(
-        TestMount::start(&alice_user, &[]),
-        TestMount::start(&bob_user, &[])
-    );
-    alice.wait_for(&alice.room(&room_id)).await;
-    bob.wait_for(&bob.room(&room_id)).await;
-    Pair {
-        alice,
-        bob,
-        room_id,
-        bob_client,
-    }
-}
-
-fn private() -> RoomSpec<'static> {
-    RoomSpec {
-        name: "fs",
-        encrypted: false,
-        public: false,
-    }
-}
 
 /// Two mounts, and a random file of `size` copied into alice's room directory and shown
 /// in bob's: the pair, the scratch directory, the source and bob's placeholder.

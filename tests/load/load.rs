@@ -4,8 +4,8 @@
 use std::path::Path;
 use std::time::Duration;
 
-use crate::harness::mount::{TestMount, eventually, must, sh, sha256};
-use crate::harness::users::{RoomSpec, TestUser, create_shared_room};
+use crate::harness::mount::{eventually, must, sh, sha256};
+use crate::harness::pair::{Pair, pair_with, private};
 
 /// Files copied out of bob's mount at the same time.
 const COPIES: usize = 16;
@@ -18,26 +18,13 @@ const CACHE_SIZE: &str = "128M";
 
 #[tokio::test(flavor = "multi_thread")]
 async fn sixteen_copies_at_once_beside_a_thousand_live_offers() {
-    let alice_user = TestUser::register("loadalice").await;
-    let bob_user = TestUser::register("loadbob").await;
-    let room_id = create_shared_room(
-        &alice_user.client().await,
-        &[&bob_user.client().await],
-        RoomSpec {
-            name: "load",
-            encrypted: false,
-            public: false,
-        },
-    )
-    .await
-    .to_string();
-    let (alice, bob) = tokio::join!(
-        TestMount::start(&alice_user, &[]),
-        TestMount::start(&bob_user, &["--cache-size", CACHE_SIZE])
-    );
+    let Pair {
+        alice,
+        bob,
+        room_id,
+        ..
+    } = pair_with(private(), &[], &["--cache-size", CACHE_SIZE]).await;
     let (alice_room, bob_room) = (alice.room(&room_id), bob.room(&room_id));
-    alice.wait_for(&alice_room).await;
-    bob.wait_for(&bob_room).await;
     let scratch = tempfile::tempdir().unwrap();
     let work = scratch.path();
 

@@ -5,5 +5,6 @@ pub mod cli;
 pub mod fake_transport;
 pub mod homeserver;
 pub mod mount;
+pub mod pair;
 pub mod turn;
 pub mod users;
