@@ -87,7 +87,8 @@ async fn webrtc(total: u64, shape: Shape) -> (Duration, Duration) {
         ice_check_interval: std::env::var("D2DFS_BENCH_ICE_MS")
             .ok()
             .and_then(|ms| ms.parse().ok())
-            .map(Duration::from_millis),
+            .map(Duration::from_millis)
+            .or(WebRtcConfig::default().ice_check_interval),
         ..WebRtcConfig::default()
     });
     let opening = Instant::now();
