@@ -1058,7 +1058,7 @@ impl Engine {
                     r.attempts += 1;
                     r.next_attempt = Instant::now() + RECONNECT_ATTEMPT_WAIT;
                     debug!(%transfer_id, attempt = r.attempts, "offering a new connection");
-                    if let Some(fresh) = self.offer_again(&room_id, &transfer_id).await {
+                    if let Some(fresh) = self.connect_again(&room_id, &transfer_id, None).await {
                         close_in_background(std::mem::replace(&mut peer, Arc::from(fresh.peer)));
                         events = fresh.events;
                         events_open = true;
@@ -1093,7 +1093,7 @@ impl Engine {
                         job = Some(DataJob::SendFile(path.clone()));
                         let (tx, rx) = mpsc::channel(usize::from(MAX_LANES) + 1);
                         (lanes_tx, lanes_rx) = (tx, Some(rx));
-                        if let Some(fresh) = self.answer_again(&room_id, &transfer_id, &offer_sdp).await {
+                        if let Some(fresh) = self.connect_again(&room_id, &transfer_id, Some(&offer_sdp)).await {
                             close_in_background(std::mem::replace(&mut peer, Arc::from(fresh.peer)));
                             events = fresh.events;
                             events_open = true;
@@ -1215,45 +1215,27 @@ impl Engine {
         }
     }
 
-    /// (Receiving) A new connection for a transfer whose connection failed: makes the offer
-    /// and sends it to the sender.
-    async fn offer_again(&self, room_id: &RoomId, transfer_id: &str) -> Option<NewPeer> {
-        let ice = self.inner.turn.get().await;
-        match self.inner.connector.offer(&ice).await {
-            Ok(mut fresh) => {
-                let sdp = std::mem::take(&mut fresh.sdp);
-                self.send_negotiate(room_id, transfer_id, "offer", sdp);
-                Some(fresh)
-            }
-            Err(error) => {
-                warn!(%transfer_id, %error, "no new connection");
-                None
-            }
-        }
-    }
-
-    /// (Sending) Answers the receiver's offer of a new connection.
-    async fn answer_again(
+    /// A new connection for a transfer whose connection failed, its description sent to the
+    /// peer as `org.d2dfs.negotiate`: (receiving) a fresh offer, or (sending) the answer to
+    /// the receiver's `offer_sdp`.
+    async fn connect_again(
         &self,
         room_id: &RoomId,
         transfer_id: &str,
-        offer_sdp: &str,
+        offer_sdp: Option<&str>,
     ) -> Option<NewPeer> {
         let ice = self.inner.turn.get().await;
-        match self.inner.connector.answer(&ice, offer_sdp).await {
-            Ok(mut fresh) => {
-                let sdp = std::mem::take(&mut fresh.sdp);
-                self.send_negotiate(room_id, transfer_id, "answer", sdp);
-                Some(fresh)
-            }
+        let (made, kind) = match offer_sdp {
+            None => (self.inner.connector.offer(&ice).await, "offer"),
+            Some(offer) => (self.inner.connector.answer(&ice, offer).await, "answer"),
+        };
+        let mut fresh = match made {
+            Ok(fresh) => fresh,
             Err(error) => {
-                warn!(%transfer_id, %error, "the receiver's new connection was refused");
-                None
+                warn!(%transfer_id, %error, "no new connection");
+                return None;
             }
-        }
-    }
-
-    fn send_negotiate(&self, room_id: &RoomId, transfer_id: &str, kind: &str, sdp: String) {
+        };
         self.send(
             room_id,
             D2dEvent::Negotiate(Negotiate {
@@ -1261,10 +1243,11 @@ impl Engine {
                 party_id: self.party().party_id,
                 description: SessionDescription {
                     kind: kind.to_owned(),
-                    sdp,
+                    sdp: std::mem::take(&mut fresh.sdp),
                 },
             }),
         );
+        Some(fresh)
     }
 
     fn send_candidates(

@@ -572,25 +572,60 @@ mod tests {
         good.await.unwrap().unwrap();
     }
 
+    /// Hands `channel` to a running client as the connection's own (`extra` false) or a lane.
+    async fn give(lanes: &mpsc::Sender<LaneChannel>, channel: memory::MemoryChannel, extra: bool) {
+        let channel = Box::new(channel);
+        lanes.send(LaneChannel { channel, extra }).await.unwrap();
+    }
+
+    /// `count` fetches of `each` bytes, back to back from the start, all at once.
+    fn fetch_many(
+        source: &RangeSource,
+        count: u64,
+        each: u64,
+    ) -> Vec<tokio::task::JoinHandle<Result<Bytes, RangeError>>> {
+        (0..count)
+            .map(|i| {
+                let source = source.clone();
+                tokio::spawn(async move { source.fetch(i * each, each).await })
+            })
+            .collect()
+    }
+
+    /// Serves `path` over `channel` in the background, as the sending side does.
+    fn serve_in_background(
+        mut channel: memory::MemoryChannel,
+        path: &Path,
+        size: u64,
+    ) -> tokio::task::JoinHandle<Result<(), String>> {
+        let path = path.to_owned();
+        tokio::spawn(async move { serve(&mut channel, &path, size, &AtomicU64::new(0)).await })
+    }
+
+    /// Every fetch of [`fetch_many`] got its bytes of `data`.
+    async fn expect_fetched(
+        fetches: Vec<tokio::task::JoinHandle<Result<Bytes, RangeError>>>,
+        data: &[u8],
+        each: usize,
+    ) {
+        for (i, fetch) in fetches.into_iter().enumerate() {
+            let got = fetch.await.unwrap().unwrap();
+            assert_eq!(&got[..], &data[i * each..(i + 1) * each]);
+        }
+    }
+
     #[tokio::test]
     async fn a_failed_lane_hands_its_requests_to_the_others() {
         let (file, data) = file(1 << 20);
         let size = data.len() as u64;
         let (source, client) = client(size);
-        let (first_ours, mut first_theirs) = memory::pair(64);
+        let (first_ours, first_theirs) = memory::pair(64);
         let (second_ours, mut second_theirs) = memory::pair(64);
         let (lanes_tx, lanes_rx) = mpsc::channel(2);
-        for (channel, extra) in [(first_ours, false), (second_ours, true)] {
-            let channel = Box::new(channel);
-            lanes_tx.send(LaneChannel { channel, extra }).await.unwrap();
-        }
+        give(&lanes_tx, first_ours, false).await;
+        give(&lanes_tx, second_ours, true).await;
         let run = tokio::spawn(client.run(lanes_rx, Arc::default()));
-        let fetches: Vec<_> = (0..8u64)
-            .map(|i| {
-                let source = source.clone();
-                tokio::spawn(async move { source.fetch(i << 17, 1 << 17).await })
-            })
-            .collect();
+        let fetches = fetch_many(&source, 8, 1 << 17);
         // The second lane's peer takes a request and vanishes; only then does the first
         // lane's peer start answering.
         let first_request = second_theirs.recv().await.unwrap().unwrap();
@@ -599,15 +634,8 @@ mod tests {
             Ok(Frame::Request { .. })
         ));
         drop(second_theirs);
-        let path = file.path().to_owned();
-        let server =
-            tokio::spawn(
-                async move { serve(&mut first_theirs, &path, size, &AtomicU64::new(0)).await },
-            );
-        for (i, fetch) in fetches.into_iter().enumerate() {
-            let got = fetch.await.unwrap().unwrap();
-            assert_eq!(&got[..], &data[i << 17..(i + 1) << 17]);
-        }
+        let server = serve_in_background(first_theirs, file.path(), size);
+        expect_fetched(fetches, &data, 1 << 17).await;
         drop(source);
         run.await.unwrap().unwrap();
         server.await.unwrap().unwrap();
@@ -621,20 +649,8 @@ mod tests {
         let (lanes_tx, lanes_rx) = mpsc::channel(2);
         let run = tokio::spawn(client.run(lanes_rx, Arc::default()));
         let (old_ours, mut old_theirs) = memory::pair(64);
-        let channel = Box::new(old_ours);
-        lanes_tx
-            .send(LaneChannel {
-                channel,
-                extra: false,
-            })
-            .await
-            .unwrap();
-        let fetches: Vec<_> = (0..4u64)
-            .map(|i| {
-                let source = source.clone();
-                tokio::spawn(async move { source.fetch(i << 18, 1 << 18).await })
-            })
-            .collect();
+        give(&lanes_tx, old_ours, false).await;
+        let fetches = fetch_many(&source, 4, 1 << 18);
         // The connection dies with requests on it; nothing fails while no channel is left.
         old_theirs.recv().await.unwrap().unwrap();
         drop(old_theirs);
@@ -642,24 +658,10 @@ mod tests {
         assert!(fetches.iter().all(|fetch| !fetch.is_finished()));
         assert!(!run.is_finished());
         // The engine connects again: the same requests go over the new channel.
-        let (new_ours, mut new_theirs) = memory::pair(64);
-        let channel = Box::new(new_ours);
-        lanes_tx
-            .send(LaneChannel {
-                channel,
-                extra: false,
-            })
-            .await
-            .unwrap();
-        let path = file.path().to_owned();
-        let server =
-            tokio::spawn(
-                async move { serve(&mut new_theirs, &path, size, &AtomicU64::new(0)).await },
-            );
-        for (i, fetch) in fetches.into_iter().enumerate() {
-            let got = fetch.await.unwrap().unwrap();
-            assert_eq!(&got[..], &data[i << 18..(i + 1) << 18]);
-        }
+        let (new_ours, new_theirs) = memory::pair(64);
+        give(&lanes_tx, new_ours, false).await;
+        let server = serve_in_background(new_theirs, file.path(), size);
+        expect_fetched(fetches, &data, 1 << 18).await;
         drop(source);
         run.await.unwrap().unwrap();
         server.await.unwrap().unwrap();

@@ -3,12 +3,15 @@
 
 use crate::harness::cli::CliProfile;
 use crate::harness::homeserver::OwnHomeserver;
-use crate::harness::mount::{TestMount, eventually, getfattr, must, sh, sha256};
+use crate::harness::mount::{
+    Shell, TestMount, eventually, getfattr, must, random_file, sh, sha256,
+};
 use crate::harness::pair::{pair, private};
 use crate::harness::turn::Coturn;
 use crate::harness::users::{RoomSpec, TestUser, create_shared_room};
 use crate::netns::Split;
 
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 /// Alice's and bob's mounts on two sites that meet only through the TURN relay, sharing a
@@ -64,15 +67,8 @@ impl Sites {
     }
 
     /// A random file of `size` offered from alice's mount; (source, bob's placeholder).
-    async fn offer(&self, name: &str, size: &str) -> (std::path::PathBuf, std::path::PathBuf) {
-        let source = self.scratch.path().join(name);
-        must(
-            sh(&format!(
-                "head -c {size} /dev/urandom > '{}'",
-                source.display()
-            ))
-            .await,
-        );
+    async fn offer(&self, name: &str, size: &str) -> (PathBuf, PathBuf) {
+        let source = random_file(self.scratch.path(), name, size).await;
         let room = self.alice.room(&self.room_id);
         must(sh(&format!("cp '{}' '{}/'", source.display(), room.display())).await);
         let placeholder = self.bob.room(&self.room_id).join(name);
@@ -115,12 +111,7 @@ async fn devices_that_cannot_reach_each_other_meet_through_the_turn_relay() {
 async fn a_link_cut_mid_copy_is_a_pause_and_the_bytes_come_out_right() {
     // Short of ICE's failure timeout (about 30 s): the connection itself survives.
     let (sites, placeholder) = copy_across_a_cut("link-cut", Duration::from_secs(10)).await;
-    assert_eq!(
-        getfattr(&placeholder, "reconnects").await.as_deref(),
-        Some("0"),
-        "{}",
-        sites.logs()
-    );
+    assert_eq!(reconnects(&placeholder).await, 0, "{}", sites.logs());
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -128,10 +119,12 @@ async fn a_link_down_past_ice_failure_is_reconnected_and_the_copy_goes_on() {
     // Past ICE's failure timeout: the connection dies and is made again for the same
     // transfer (org.d2dfs.negotiate) once the link is back.
     let (sites, placeholder) = copy_across_a_cut("link-down", Duration::from_secs(40)).await;
-    let reconnects: u32 = getfattr(&placeholder, "reconnects")
-        .await
-        .and_then(|n| n.parse().ok())
-        .unwrap_or(0);
+    let reconnects = reconnects(&placeholder).await;
+    assert!(
+        reconnects >= 1,
+        "reconnects: {reconnects}\n{}",
+        sites.logs()
+    );
     assert!(
         reconnects >= 1,
         "reconnects: {reconnects}\n{}",
@@ -146,17 +139,11 @@ async fn a_link_down_past_ice_failure_is_reconnected_and_the_copy_goes_on() {
 
 /// Copies a 96 MiB offer out of bob's mount while bob's site is off the network (homeserver
 /// and relay too) for `down` once data moves; the copy must succeed with the right bytes.
-async fn copy_across_a_cut(name: &str, down: Duration) -> (Sites, std::path::PathBuf) {
+async fn copy_across_a_cut(name: &str, down: Duration) -> (Sites, PathBuf) {
     let sites = Sites::up(name).await;
     let (source, placeholder) = sites.offer("cut.bin", "96M").await;
     let copy = sites.scratch.path().join("copy.bin");
-    let script = format!("cp '{}' '{}'", placeholder.display(), copy.display());
-    let copying = tokio::spawn(async move { sh(&script).await });
-    let moving = eventually(Duration::from_secs(120), || {
-        std::fs::metadata(&copy).is_ok_and(|m| m.len() > 4 << 20)
-    })
-    .await;
-    assert!(moving, "the copy never started\n{}", sites.logs());
+    let copying = copy_in_background(&placeholder, &copy, || sites.logs()).await;
     sites.split.set_link(1, false);
     tokio::time::sleep(down).await;
     assert!(
@@ -176,15 +163,12 @@ async fn a_sender_paused_past_ice_failure_is_reconnected_and_the_copy_goes_on() 
     // The sending mount's process stopped (SIGSTOP) for 40 s mid-copy: the receiver's ICE
     // gives up on it after about 30 s, and the connection is made again once it runs.
     let p = pair(private()).await;
+    let logs = || {
+        let (bob, alice) = (p.bob.log(), p.alice.log());
+        format!("bob's log:\n{bob}\nalice's log:\n{alice}")
+    };
     let scratch = tempfile::tempdir().unwrap();
-    let source = scratch.path().join("paused.bin");
-    must(
-        sh(&format!(
-            "head -c 512M /dev/urandom > '{}'",
-            source.display()
-        ))
-        .await,
-    );
+    let source = random_file(scratch.path(), "paused.bin", "512M").await;
     let alice_room = p.alice.room(&p.room_id);
     must(
         sh(&format!(
@@ -198,13 +182,7 @@ async fn a_sender_paused_past_ice_failure_is_reconnected_and_the_copy_goes_on() 
     p.bob.wait_for(&placeholder).await;
     let alice_pid = getfattr(p.alice.path(), "pid").await.expect("alice's pid");
     let copy = scratch.path().join("copy.bin");
-    let script = format!("cp '{}' '{}'", placeholder.display(), copy.display());
-    let copying = tokio::spawn(async move { sh(&script).await });
-    let moving = eventually(Duration::from_secs(120), || {
-        std::fs::metadata(&copy).is_ok_and(|m| m.len() > 4 << 20)
-    })
-    .await;
-    assert!(moving, "the copy never started\n{}", p.bob.log());
+    let copying = copy_in_background(&placeholder, &copy, logs).await;
     must(sh(&format!("kill -STOP {alice_pid}")).await);
     tokio::time::sleep(Duration::from_secs(40)).await;
     let paused_copy_went_on = copying.is_finished();
@@ -214,18 +192,32 @@ async fn a_sender_paused_past_ice_failure_is_reconnected_and_the_copy_goes_on() 
         "the copy ended while the sender was stopped"
     );
     let copied = copying.await.unwrap();
-    let logs = || {
-        format!(
-            "bob's log:\n{}\nalice's log:\n{}",
-            p.bob.log(),
-            p.alice.log()
-        )
-    };
     assert!(copied.success, "{}\n{}", copied.stderr, logs());
     assert_eq!(sha256(&copy).await, sha256(&source).await);
-    let reconnects: u32 = getfattr(&placeholder, "reconnects")
+    let reconnects = reconnects(&placeholder).await;
+    assert!(reconnects >= 1, "reconnects: {reconnects}\n{}", logs());
+}
+
+/// Starts `cp PLACEHOLDER COPY` and returns once data moves (4 MiB arrived).
+async fn copy_in_background(
+    placeholder: &Path,
+    copy: &Path,
+    logs: impl Fn() -> String,
+) -> tokio::task::JoinHandle<Shell> {
+    let script = format!("cp '{}' '{}'", placeholder.display(), copy.display());
+    let copying = tokio::spawn(async move { sh(&script).await });
+    let moving = eventually(Duration::from_secs(120), || {
+        std::fs::metadata(copy).is_ok_and(|m| m.len() > 4 << 20)
+    })
+    .await;
+    assert!(moving, "the copy never started\n{}", logs());
+    copying
+}
+
+/// Times a placeholder's connection was made again (`user.d2dfs.reconnects`).
+async fn reconnects(placeholder: &Path) -> u32 {
+    getfattr(placeholder, "reconnects")
         .await
         .and_then(|n| n.parse().ok())
-        .unwrap_or(0);
-    assert!(reconnects >= 1, "reconnects: {reconnects}\n{}", logs());
+        .unwrap_or(0)
 }

@@ -7,7 +7,7 @@ use std::time::Duration;
 use matrix_sdk::ruma::api::client::room::create_room;
 use serde_json::json;
 
-use crate::harness::mount::{TestMount, eventually, getfattr, must, sh, sha256};
+use crate::harness::mount::{TestMount, eventually, getfattr, must, random_file, sh, sha256};
 use crate::harness::pair::{Pair, pair, private};
 use crate::harness::users::{RoomSpec, TestUser, create_shared_room};
 
@@ -42,19 +42,6 @@ async fn shared_room(creator: &TestUser, joiner: &TestUser) -> String {
     create_shared_room(&creator, &[&joiner], private())
         .await
         .to_string()
-}
-
-/// A file of `size` random bytes in a fresh temporary directory.
-async fn random_file(dir: &Path, name: &str, size: &str) -> std::path::PathBuf {
-    let path = dir.join(name);
-    must(
-        sh(&format!(
-            "head -c {size} /dev/urandom > '{}'",
-            path.display()
-        ))
-        .await,
-    );
-    path
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -149,6 +149,19 @@ pub fn must(shell: Shell) -> String {
     shell.stdout
 }
 
+/// A file of `size` (as `head -c` takes it: `8M`, `1G`) random bytes named `name` in `dir`.
+pub async fn random_file(dir: &Path, name: &str, size: &str) -> PathBuf {
+    let path = dir.join(name);
+    must(
+        sh(&format!(
+            "head -c {size} /dev/urandom > '{}'",
+            path.display()
+        ))
+        .await,
+    );
+    path
+}
+
 /// `sha256sum` of a file, through whatever filesystem it is on.
 pub async fn sha256(path: &Path) -> String {
     let out = must(sh(&format!("sha256sum < '{}'", path.display())).await);
