@@ -23,7 +23,7 @@ log=$(mktemp)
 # New inputs go to a scratch corpus; the seeds in fuzz/corpus/ stay as committed.
 scratch=$(mktemp -d)
 trap 'rm -rf "$log" "$scratch"' EXIT
-for target in frames events sdp; do
+for target in frames events sdp lanes; do
     echo "fuzz: $target for ${seconds}s"
     mkdir -p "$scratch/$target"
     if ! cargo "${toolchain[@]}" fuzz run --sanitizer none --release "$target" \
