@@ -222,6 +222,53 @@ struct Reconnecting {
     reason: String,
 }
 
+/// A transfer's data job and the channels that feed it: the connection's own, then its lanes.
+struct DataSide {
+    /// Waiting for the connection to open.
+    job: Option<DataJob>,
+    lanes_tx: mpsc::Sender<LaneChannel>,
+    lanes_rx: Option<mpsc::Receiver<LaneChannel>>,
+    /// The job, once started.
+    task: Option<tokio::task::JoinHandle<()>>,
+    /// What sets up the lanes, once started.
+    lanes_task: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl DataSide {
+    fn new(job: DataJob) -> Self {
+        let (lanes_tx, lanes_rx) = mpsc::channel(usize::from(MAX_LANES) + 1);
+        Self {
+            job: Some(job),
+            lanes_tx,
+            lanes_rx: Some(lanes_rx),
+            task: None,
+            lanes_task: None,
+        }
+    }
+
+    /// Stops what runs, and starts `job` afresh once the next connection opens.
+    fn restart(&mut self, job: DataJob) {
+        self.stop();
+        *self = Self::new(job);
+    }
+
+    /// Stops setting up lanes (their connection is gone); the job goes on.
+    fn stop_lanes(&mut self) {
+        if let Some(task) = self.lanes_task.take() {
+            task.abort();
+        }
+    }
+
+    fn stop(&mut self) {
+        for task in [self.task.take(), self.lanes_task.take()]
+            .into_iter()
+            .flatten()
+        {
+            task.abort();
+        }
+    }
+}
+
 /// Closes a connection that was replaced, without holding up its replacement.
 fn close_in_background(peer: Arc<dyn Peer>) {
     tokio::spawn(async move { peer.close().await });
@@ -1001,14 +1048,9 @@ impl Engine {
             DataJob::SendFile(path) => Some(path.clone()),
             _ => None,
         };
-        let mut job = Some(job);
-        // Every channel for the data job: the connection's own, then its lanes.
-        let (mut lanes_tx, lanes_rx) = mpsc::channel(usize::from(MAX_LANES) + 1);
-        let mut lanes_rx = Some(lanes_rx);
-        let mut lanes_task: Option<tokio::task::JoinHandle<()>> = None;
+        let mut data = DataSide::new(job);
         let mut batch: Vec<Candidate> = Vec::new();
         let mut flush_at: Option<Instant> = None;
-        let mut data_task: Option<tokio::task::JoinHandle<()>> = None;
         let party_id = self.party().party_id;
         // A peer may stop reporting once connected; the data job goes on regardless.
         let mut events_open = true;
@@ -1087,12 +1129,7 @@ impl Engine {
                             reconnecting = Some(self.reconnecting(&transfer_id, "the receiver lost the connection"));
                         }
                         // Whatever ran on the old connection starts again on the new one.
-                        for task in [data_task.take(), lanes_task.take()].into_iter().flatten() {
-                            task.abort();
-                        }
-                        job = Some(DataJob::SendFile(path.clone()));
-                        let (tx, rx) = mpsc::channel(usize::from(MAX_LANES) + 1);
-                        (lanes_tx, lanes_rx) = (tx, Some(rx));
+                        data.restart(DataJob::SendFile(path.clone()));
                         if let Some(fresh) = self.connect_again(&room_id, &transfer_id, Some(&offer_sdp)).await {
                             close_in_background(std::mem::replace(&mut peer, Arc::from(fresh.peer)));
                             events = fresh.events;
@@ -1119,8 +1156,8 @@ impl Engine {
                     Some(PeerEvent::Connected(channel)) if channel.label() == lanes::CONTROL_LABEL => {
                         // (Receiving) the sender opens lanes.
                         let count = self.lock().transfers.get(&transfer_id).map_or(0, |e| e.lanes);
-                        if count > 0 && lanes_task.is_none() {
-                            lanes_task = Some(tokio::spawn(self.clone().run_lanes(transfer_id.clone(), LaneRole::Answering, None, Some(channel), count, lanes_tx.clone(),
+                        if count > 0 && data.lanes_task.is_none() {
+                            data.lanes_task = Some(tokio::spawn(self.clone().run_lanes(transfer_id.clone(), LaneRole::Answering, None, Some(channel), count, data.lanes_tx.clone(),
                             )));
                         }
                     }
@@ -1139,20 +1176,20 @@ impl Engine {
                             (false, 0),
                             |e| (e.transfer.role == Role::Sending && e.transfer.range, e.lanes),
                         );
-                        if sending && count > 0 && lanes_task.is_none() {
-                            lanes_task = Some(tokio::spawn(self.clone().run_lanes(transfer_id.clone(), LaneRole::Offering, Some(peer.clone()), None, count, lanes_tx.clone(),
+                        if sending && count > 0 && data.lanes_task.is_none() {
+                            data.lanes_task = Some(tokio::spawn(self.clone().run_lanes(transfer_id.clone(), LaneRole::Offering, Some(peer.clone()), None, count, data.lanes_tx.clone(),
                             )));
                         }
-                        let _ = lanes_tx.send(LaneChannel { channel, extra: false }).await;
-                        if let (Some(job), Some(lanes)) = (job.take(), lanes_rx.take()) {
-                            data_task = Some(tokio::spawn(self.clone().run_data_job(
+                        let _ = data.lanes_tx.send(LaneChannel { channel, extra: false }).await;
+                        if let (Some(job), Some(lanes)) = (data.job.take(), data.lanes_rx.take()) {
+                            data.task = Some(tokio::spawn(self.clone().run_data_job(
                                 transfer_id.clone(), lanes, job, bytes_moved.clone(),
                             )));
                         }
                     }
                     Some(PeerEvent::Failed(reason)) => {
                         let range = self.transfer(&transfer_id).is_some_and(|t| t.range && !t.phase.is_final());
-                        let was_connected = data_task.is_some() || reconnecting.is_some();
+                        let was_connected = data.task.is_some() || reconnecting.is_some();
                         if range && was_connected {
                             match reconnecting.as_mut() {
                                 // An attempt failed: the next one comes sooner.
@@ -1163,16 +1200,10 @@ impl Engine {
                                     // The old connection's lanes go with it; a sender's job
                                     // starts again with the new connection (left running, it
                                     // would take the closing channel for the receiver's end).
-                                    if let Some(task) = lanes_task.take() {
-                                        task.abort();
-                                    }
-                                    if let Some(path) = &serving {
-                                        if let Some(task) = data_task.take() {
-                                            task.abort();
-                                        }
-                                        job = Some(DataJob::SendFile(path.clone()));
-                                        let (tx, rx) = mpsc::channel(usize::from(MAX_LANES) + 1);
-                                        (lanes_tx, lanes_rx) = (tx, Some(rx));
+                                    // A receiver's job waits for the new channel.
+                                    match &serving {
+                                        Some(path) => data.restart(DataJob::SendFile(path.clone())),
+                                        None => data.stop_lanes(),
                                     }
                                     // Its channels close: what they owed goes back to the queue.
                                     close_in_background(peer.clone());
@@ -1180,7 +1211,7 @@ impl Engine {
                             }
                             continue;
                         }
-                        match &data_task {
+                        match &data.task {
                             Some(task) if !task.is_finished() => {
                                 debug!(%transfer_id, %reason, "connection failed while data moved");
                                 failed = Some((Instant::now() + FAILURE_GRACE, reason));
@@ -1192,11 +1223,7 @@ impl Engine {
                 },
             }
         }
-        for task in [data_task, lanes_task].into_iter().flatten() {
-            if !task.is_finished() {
-                task.abort();
-            }
-        }
+        data.stop();
         peer.close().await;
         debug!(%transfer_id, "peer closed");
     }
