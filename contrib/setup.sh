@@ -4,7 +4,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-packages=(fuse3 attr pkg-config libsqlite3-dev curl coturn iproute2)
+packages=(fuse3 attr pkg-config libsqlite3-dev curl coturn iproute2 nftables)
 
 missing=()
 for package in "${packages[@]}"; do

@@ -108,6 +108,27 @@ async fn devices_that_cannot_reach_each_other_meet_through_the_turn_relay() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn a_lossy_relayed_path_still_gives_the_right_bytes() {
+    // Once data moves, 3% of UDP is lost on entering each site, so about 6% between the
+    // devices through the relay: SCTP retransmits. (webrtc-rs once sent relayed packets only
+    // on its 200 ms timer, and a transfer over a lossy relay crawled until it timed out.)
+    // The loss starts after the handshakes: a DTLS handshake over a lossy relay can still
+    // fail inside webrtc-rs, and a first connection is not made again (see README, status).
+    let sites = Sites::up("lossy").await;
+    let (source, placeholder) = sites.offer("lossy.bin", "12M").await;
+    let copy = sites.scratch.path().join("copy.bin");
+    let copying = copy_in_background(&placeholder, &copy, || sites.logs()).await;
+    sites.split.lose_udp(3);
+    let copied = copying.await.unwrap();
+    assert!(copied.success, "{}\n{}", copied.stderr, sites.logs());
+    assert_eq!(sha256(&copy).await, sha256(&source).await);
+    assert_eq!(
+        getfattr(&placeholder, "path").await.as_deref(),
+        Some("relay")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn a_link_cut_mid_copy_is_a_pause_and_the_bytes_come_out_right() {
     // Short of ICE's failure timeout (about 30 s): the connection itself survives.
     let (sites, placeholder) = copy_across_a_cut("link-cut", Duration::from_secs(10)).await;
@@ -120,11 +141,6 @@ async fn a_link_down_past_ice_failure_is_reconnected_and_the_copy_goes_on() {
     // transfer (org.d2dfs.negotiate) once the link is back.
     let (sites, placeholder) = copy_across_a_cut("link-down", Duration::from_secs(40)).await;
     let reconnects = reconnects(&placeholder).await;
-    assert!(
-        reconnects >= 1,
-        "reconnects: {reconnects}\n{}",
-        sites.logs()
-    );
     assert!(
         reconnects >= 1,
         "reconnects: {reconnects}\n{}",

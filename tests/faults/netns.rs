@@ -111,6 +111,29 @@ impl Split {
         }));
     }
 
+    /// Drops `percent` % of the UDP datagrams each site receives (nftables in the site's
+    /// namespace): a lossy network for ICE, DTLS and SCTP; the homeserver's TCP is spared.
+    pub fn lose_udp(&self, percent: u8) {
+        for site in &self.sites {
+            let nft = |args: &[&str]| {
+                let mut all = vec!["netns", "exec", site, "nft"];
+                all.extend_from_slice(args);
+                ip(&all);
+            };
+            nft(&["add", "table", "inet", "lossy"]);
+            nft(&[
+                "add",
+                "chain",
+                "inet",
+                "lossy",
+                "input",
+                "{ type filter hook input priority 0; }",
+            ]);
+            let rule = format!("meta l4proto udp numgen random mod 100 < {percent} drop");
+            nft(&["add", "rule", "inet", "lossy", "input", &rule]);
+        }
+    }
+
     /// Takes site `site`'s link down (`false`) or up again (`true`).
     pub fn set_link(&self, site: usize, up: bool) {
         ip(&[
