@@ -1188,9 +1188,13 @@ impl Engine {
                         }
                     }
                     Some(PeerEvent::Failed(reason)) => {
-                        let range = self.transfer(&transfer_id).is_some_and(|t| t.range && !t.phase.is_final());
-                        let was_connected = data.task.is_some() || reconnecting.is_some();
-                        if range && was_connected {
+                        // Made again once both ends agreed on range mode with each other,
+                        // whether or not this connection ever opened: a handshake lost on a
+                        // bad network is retried like a connection lost later.
+                        let chosen_range_peer = self.transfer(&transfer_id).is_some_and(|t| {
+                            t.range && matches!(t.phase, Phase::Connecting | Phase::Transferring)
+                        });
+                        if chosen_range_peer {
                             match reconnecting.as_mut() {
                                 // An attempt failed: the next one comes sooner.
                                 Some(r) => r.next_attempt = r.next_attempt.min(Instant::now() + RECONNECT_RETRY),

@@ -112,8 +112,9 @@ async fn a_lossy_relayed_path_still_gives_the_right_bytes() {
     // Once data moves, 3% of UDP is lost on entering each site, so about 6% between the
     // devices through the relay: SCTP retransmits. (webrtc-rs once sent relayed packets only
     // on its 200 ms timer, and a transfer over a lossy relay crawled until it timed out.)
-    // The loss starts after the handshakes: a DTLS handshake over a lossy relay can still
-    // fail inside webrtc-rs, and a first connection is not made again (see README, status).
+    // The loss starts after the handshakes: webrtc-rs's DTLS handshake over a lossy relay
+    // sometimes gives up, and the connection is then made again (see the next test), which
+    // is not what this test is about.
     let sites = Sites::up("lossy").await;
     let (source, placeholder) = sites.offer("lossy.bin", "12M").await;
     let copy = sites.scratch.path().join("copy.bin");
@@ -125,6 +126,35 @@ async fn a_lossy_relayed_path_still_gives_the_right_bytes() {
     assert_eq!(
         getfattr(&placeholder, "path").await.as_deref(),
         Some("relay")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_first_connection_that_cannot_be_made_is_made_again() {
+    // Every UDP datagram is dropped from before bob opens the placeholder until 40 s later:
+    // the transfer's first connection never opens and fails; the receiving device then
+    // offers new ones (org.d2dfs.negotiate), and one opens once UDP passes again.
+    let sites = Sites::up("first-fails").await;
+    let (source, placeholder) = sites.offer("first.bin", "8M").await;
+    sites.split.lose_udp(100);
+    let copy = sites.scratch.path().join("copy.bin");
+    let script = format!("cp '{}' '{}'", placeholder.display(), copy.display());
+    let copying = tokio::spawn(async move { sh(&script).await });
+    tokio::time::sleep(Duration::from_secs(40)).await;
+    assert!(
+        !copying.is_finished(),
+        "the copy ended with no way through\n{}",
+        sites.logs()
+    );
+    sites.split.stop_losing_udp();
+    let copied = copying.await.unwrap();
+    assert!(copied.success, "{}\n{}", copied.stderr, sites.logs());
+    assert_eq!(sha256(&copy).await, sha256(&source).await);
+    let reconnects = reconnects(&placeholder).await;
+    assert!(
+        reconnects >= 1,
+        "reconnects: {reconnects}\n{}",
+        sites.logs()
     );
 }
 

@@ -129,8 +129,21 @@ impl Split {
                 "input",
                 "{ type filter hook input priority 0; }",
             ]);
-            let rule = format!("meta l4proto udp numgen random mod 100 < {percent} drop");
+            let rule = if percent >= 100 {
+                "meta l4proto udp drop".to_owned()
+            } else {
+                format!("meta l4proto udp numgen random mod 100 < {percent} drop")
+            };
             nft(&["add", "rule", "inet", "lossy", "input", &rule]);
+        }
+    }
+
+    /// Ends [`lose_udp`](Self::lose_udp).
+    pub fn stop_losing_udp(&self) {
+        for site in &self.sites {
+            ip(&[
+                "netns", "exec", site, "nft", "delete", "table", "inet", "lossy",
+            ]);
         }
     }
 
