@@ -12,10 +12,10 @@ use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use fuser::{Errno, FileAttr, FileType, INodeNo, Notifier};
-use sha2::{Digest, Sha256};
 use tokio::sync::broadcast;
 use tracing::{debug, info, warn};
 
+use super::digest::BackgroundSha256;
 use super::names;
 use super::reader::Reader;
 use super::shares::{self, Record, Store};
@@ -791,7 +791,7 @@ impl Core {
             state: Mutex::new(ShareState::Writing(Spooling {
                 file,
                 size: 0,
-                hasher: Some(Sha256::new()),
+                hasher: BackgroundSha256::start(),
                 hashed: 0,
                 error: None,
                 writers: 1,
@@ -1043,8 +1043,7 @@ impl Core {
         }
         let end = offset + data.len() as u64;
         if let Some(hasher) = &mut spooling.hasher {
-            if offset == spooling.hashed {
-                hasher.update(data);
+            if offset == spooling.hashed && hasher.update(data) {
                 spooling.hashed = end;
             } else {
                 // Out of order: hashed from the spool on close instead.
@@ -1129,7 +1128,7 @@ impl Core {
         let digest = (spooling.hashed == size)
             .then(|| spooling.hasher.take())
             .flatten()
-            .map(|hasher| hex::encode(&hasher.finalize()));
+            .and_then(BackgroundSha256::finish);
         if let Err(error) = spooling.file.sync_data() {
             warn!(name = share.name, %error, "cannot sync the spool");
         }

@@ -7,10 +7,12 @@
 //! - [`reader`]: reading a placeholder through the chunk cache or the stream spool, with
 //!   the digest check.
 //! - [`shares`]: own offers on disk, so they survive a restart.
+//! - [`digest`]: the SHA-256 of a file being written, computed beside the writes.
 //! - [`names`]: hostile file names made safe.
 //! - [`mounts`]: mount points: stale ones, unmounting.
 
 pub mod core;
+pub mod digest;
 pub mod fuse;
 pub mod mounts;
 pub mod names;

@@ -7,8 +7,7 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicU32, AtomicU64};
 use std::sync::{Arc, Mutex};
 
-use sha2::Sha256;
-
+use super::digest::BackgroundSha256;
 use super::reader::Reader;
 use crate::transfer::engine::TransferSnapshot;
 
@@ -91,7 +90,7 @@ pub struct Spooling {
     pub file: std::fs::File,
     pub size: u64,
     /// The digest of `[0, hashed)`, while writes come in order.
-    pub hasher: Option<Sha256>,
+    pub hasher: Option<BackgroundSha256>,
     pub hashed: u64,
     /// A write failed (errno): no offer will go out.
     pub error: Option<i32>,
