@@ -56,6 +56,8 @@ struct Shape {
     channels: usize,
     receive_buffer: Option<u32>,
     mtu: Option<u32>,
+    /// Leave the UDP sockets at the kernel's default buffers, as stock webrtc-rs does.
+    stock_sockets: bool,
 }
 
 impl Shape {
@@ -71,6 +73,9 @@ impl Shape {
         }
         if let Some(mtu) = self.mtu {
             text.push_str(&format!(", mtu {mtu}"));
+        }
+        if self.stock_sockets {
+            text.push_str(", stock sockets");
         }
         text
     }
@@ -89,6 +94,11 @@ async fn webrtc(total: u64, shape: Shape) -> (Duration, Duration) {
             .and_then(|ms| ms.parse().ok())
             .map(Duration::from_millis)
             .or(WebRtcConfig::default().ice_check_interval),
+        udp_buffer: if shape.stock_sockets {
+            None
+        } else {
+            WebRtcConfig::default().udp_buffer
+        },
         ..WebRtcConfig::default()
     });
     let opening = Instant::now();
@@ -162,12 +172,18 @@ impl d2dfs::transport::Channel for Spent {
 }
 
 /// The shapes to run: `D2DFS_BENCH_SHAPES` as `message_KiB:connections:channels[:rwnd_MiB[:mtu]]`
-/// separated by spaces, else a sweep over message size, channels and connections.
+/// separated by spaces, each optionally ending in `/stock` (the kernel's default socket
+/// buffers: one raw webrtc-rs channel), else a sweep over message size, channels and
+/// connections beside that raw channel.
 fn shapes() -> Vec<Shape> {
     let spec = std::env::var("D2DFS_BENCH_SHAPES")
-        .unwrap_or_else(|_| "16:1:1 64:1:1 256:1:1 64:1:4 64:4:1 256:4:1 256:8:1".to_owned());
+        .unwrap_or_else(|_| "64:1:1/stock 16:1:1 64:1:1 256:1:1 64:1:4 64:4:1 256:4:1".to_owned());
     spec.split_whitespace()
         .map(|item| {
+            let (item, stock_sockets) = match item.strip_suffix("/stock") {
+                Some(item) => (item, true),
+                None => (item, false),
+            };
             let fields: Vec<u64> = item.split(':').map(|f| f.parse().unwrap()).collect();
             Shape {
                 message: fields[0] as usize * 1024,
@@ -175,6 +191,7 @@ fn shapes() -> Vec<Shape> {
                 channels: fields[2] as usize,
                 receive_buffer: fields.get(3).map(|mib| (*mib as u32) << 20),
                 mtu: fields.get(4).map(|mtu| *mtu as u32),
+                stock_sockets,
             }
         })
         .collect()

@@ -17,10 +17,10 @@ contrib/setup.sh
 cargo build --release --locked --quiet
 d2dfs=$PWD/target/release/d2dfs
 
-# Baseline 0: one raw webrtc-rs data channel (64 KiB messages, the range protocol's), this
-# machine, this run: the transport benchmark's single-channel row.
-webrtc_one=$(D2DFS_BENCH_BYTES=268435456 D2DFS_BENCH_SHAPES="64:1:1" \
-    cargo bench --locked --quiet --bench transport 2>/dev/null | awk -F'|' '/1 conn x 1 chan/ {gsub(/ /, "", $3); print $3}')
+# Baseline 0: one raw webrtc-rs data channel (64 KiB messages, the range protocol's, and the
+# kernel's default socket buffers), this machine, this run: the transport benchmark's row.
+webrtc_one=$(D2DFS_BENCH_BYTES=268435456 D2DFS_BENCH_SHAPES="64:1:1/stock" \
+    cargo bench --locked --quiet --bench transport 2>/dev/null | awk -F'|' '/1 conn x 1 chan, stock sockets/ {gsub(/ /, "", $3); print $3}')
 aiortc_python=${D2DFS_AIORTC_VENV:-$HOME/.cache/d2dfs/aiortc-venv}/bin/python
 
 work=$(mktemp -d "${TMPDIR:-/tmp}/d2dfs-bench.XXXXXX")

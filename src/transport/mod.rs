@@ -11,6 +11,7 @@ use tokio::sync::mpsc;
 
 pub mod frames;
 pub mod memory;
+pub mod sockets;
 pub mod webrtc;
 
 use crate::signalling::events::Candidate;
