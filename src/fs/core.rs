@@ -34,8 +34,10 @@ pub const TTL: Duration = Duration::from_secs(1);
 /// checked (the sender learns sooner that it is done), longer after partial reads.
 const LINGER_MS: u64 = 30_000;
 const LINGER_COMPLETE_MS: u64 = 2_000;
-/// Block size reported by `stat`.
-const BLOCK: u32 = 128 * 1024;
+/// Block size reported by `stat`. Tools size their reads and writes by it (`cp` does), and
+/// each becomes one FUSE request: 1 MiB, the largest the kernel sends here (`max_write`), made
+/// `cp` into a room ~35% faster than 128 KiB did (contrib/bench/RESULTS.md).
+const BLOCK: u32 = 1 << 20;
 
 /// What a mount needs to know.
 #[derive(Debug, Clone)]
