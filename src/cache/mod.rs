@@ -344,9 +344,18 @@ impl CachedFile {
         if let Some((from, to)) = prefetch {
             self.prefetch(from, to.min(size)).await;
         }
-        // Copied out, so a chunk is only ever referenced while a read is inside it: what
-        // the reader keeps afterwards is its own memory, not the cache's.
         let chunk_size = self.cache.shared.config.chunk_size;
+        let first = offset / chunk_size;
+        if first == (end - 1) / chunk_size {
+            // Inside one chunk (every aligned kernel read is): the chunk's own memory, no copy
+            // and no allocation. The caller drops it once replied; what it keeps longer it
+            // copies (the digest's stash does), or it would pin an evicted chunk.
+            let chunk = self.demand(first).await?;
+            let to = (end - first * chunk_size).min(chunk.data.len() as u64) as usize;
+            let from = ((offset - first * chunk_size) as usize).min(to);
+            return Ok(chunk.data.slice(from..to));
+        }
+        // Across chunks: copied out, so no chunk is referenced once the read is over.
         let mut out = BytesMut::with_capacity((end - offset) as usize);
         for index in offset / chunk_size..=(end - 1) / chunk_size {
             let chunk = self.demand(index).await?;

@@ -192,3 +192,19 @@ fn reads_past_the_end_are_cut_or_empty() {
         assert!(file.read(u64::MAX, u64::MAX).await.unwrap().is_empty());
     });
 }
+
+#[test]
+fn a_read_inside_one_chunk_shares_its_memory() {
+    runtime().block_on(async {
+        let cache = without_readahead(16 * MIB);
+        let file = cache.open(Arc::new(FakeSource::new(8 * MIB)));
+        let whole = file.read(2 * MIB, MIB).await.unwrap();
+        let inside = file.read(2 * MIB + 4096, 8192).await.unwrap();
+        check(&inside, 2 * MIB + 4096, 8192, 8 * MIB);
+        // The same chunk, not a copy of it: no allocation on the kernel's read path.
+        assert_eq!(inside.as_ptr(), whole[4096..].as_ptr());
+
+        let across = file.read(3 * MIB - 4096, 8192).await.unwrap();
+        check(&across, 3 * MIB - 4096, 8192, 8 * MIB);
+    });
+}

@@ -132,7 +132,8 @@ impl Verifier {
             self.drain_stash();
         } else if offset > self.hashed && self.stash_bytes + data.len() as u64 <= STASH_LIMIT {
             self.stash_bytes += data.len() as u64;
-            if let Some(old) = self.stash.insert(offset, data.clone()) {
+            // A copy: `data` may share a cache chunk, which the stash must not keep alive.
+            if let Some(old) = self.stash.insert(offset, Bytes::copy_from_slice(data)) {
                 self.stash_bytes -= old.len() as u64;
             }
         }
