@@ -6,7 +6,7 @@
 #
 # Sizes: D2DFS_BENCH_SIZE (default 1G) for the copies, D2DFS_BENCH_BIG (default 4G) for the
 # memory and random-read figures, D2DFS_BENCH_OFFERS (default 1000) for the listing,
-# D2DFS_BENCH_LANES (default 7) for the mounts' --lanes.
+# D2DFS_BENCH_LANES (default 0, as `mount`) for the mounts' --lanes.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 size=${D2DFS_BENCH_SIZE:-1G}
@@ -27,7 +27,7 @@ work=$(mktemp -d "${TMPDIR:-/tmp}/d2dfs-bench.XXXXXX")
 # shellcheck source=contrib/two-mounts.sh
 . contrib/two-mounts.sh
 trap 'two_mounts_cleanup; rm -rf "$work"' EXIT
-mount_args=(--cache-size 64M --lanes "${D2DFS_BENCH_LANES:-7}")
+mount_args=(--cache-size 64M --lanes "${D2DFS_BENCH_LANES:-0}")
 two_mounts_up
 alice_room=$alice_mnt/$room
 bob_room=$bob_mnt/$room
