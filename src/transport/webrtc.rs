@@ -26,7 +26,7 @@ use bytes::{Bytes, BytesMut};
 use rtc::ice::mdns::MulticastDnsMode;
 use rtc::peer_connection::configuration::setting_engine::SctpMaxMessageSize;
 use rtc::peer_connection::transport::RTCDtlsRole;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 use tracing::{debug, warn};
 use webrtc::data_channel::{DataChannel, DataChannelEvent, RTCDataChannelInit};
@@ -307,6 +307,12 @@ impl PeerConnectionEventHandler for Handler {
 
     async fn on_connection_state_change(&self, state: RTCPeerConnectionState) {
         debug!(%state, "peer connection state");
+        if matches!(
+            state,
+            RTCPeerConnectionState::Connecting | RTCPeerConnectionState::Connected
+        ) {
+            self.connection.mark_under_way();
+        }
         if state == RTCPeerConnectionState::Failed {
             let _ = self.events.try_send(PeerEvent::Failed(
                 "the peer connection failed (ICE or DTLS)".to_owned(),
@@ -329,7 +335,7 @@ async fn announce_when_open(
     connection: ConnectionRef,
     events: mpsc::Sender<PeerEvent>,
 ) {
-    if wait_until_open(channel.as_ref()).await {
+    if wait_until_open(channel.as_ref(), connection.under_way()).await {
         let channel = WebRtcChannel::open(channel, connection).await;
         let _ = events.send(PeerEvent::Connected(Box::new(channel))).await;
     } else {
@@ -344,27 +350,42 @@ async fn announce_when_open(
 /// webrtc-rs 0.21's driver sends what it queued while handling an event (the SCTP INIT once
 /// DTLS is up, the channel's DCEP OPEN once SCTP is) only on its next wake-up, which during
 /// set-up is a timer up to 200 ms away: measured, two such stalls were most of a connection's
-/// ~430 ms open time on loopback. Until the channel opens it is woken this often.
+/// ~430 ms open time on loopback. While set-up is under way it is woken this often...
 const OPENING_NUDGE_INTERVAL: Duration = Duration::from_millis(2);
+/// ...for at most this long (a connection that takes longer is waiting on the network, and
+/// webrtc-rs's own timers serve it).
+const OPENING_NUDGE_WINDOW: Duration = Duration::from_secs(10);
 
-/// Waits for `channel` to open (`true`) or close (`false`), waking the connection's driver
-/// every [`OPENING_NUDGE_INTERVAL`] meanwhile. Re-setting the (unused, zero) low-water mark is
-/// the cheapest public call that wakes it.
-async fn wait_until_open(channel: &dyn DataChannel) -> bool {
+/// Waits for `channel` to open (`true`) or close (`false`). Once `under_way` says ICE has
+/// started, the connection's driver is woken every [`OPENING_NUDGE_INTERVAL`] for at most
+/// [`OPENING_NUDGE_WINDOW`]; re-setting the (unused, zero) low-water mark is the cheapest
+/// public call that wakes it.
+async fn wait_until_open(channel: &dyn DataChannel, mut under_way: watch::Receiver<bool>) -> bool {
     let mut nudge = tokio::time::interval(OPENING_NUDGE_INTERVAL);
     nudge.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut nudging = true;
+    // `None` until set-up is under way; then the end of the nudging window.
+    let mut nudge_until: Option<Instant> = None;
     loop {
+        let nudging = nudge_until.is_some_and(|until| Instant::now() < until);
         tokio::select! {
             event = channel.poll() => match event {
                 Some(DataChannelEvent::OnOpen) => return true,
                 Some(DataChannelEvent::OnClose) | None => return false,
                 Some(_) => {}
             },
-            // An error means the connection no longer knows the channel: keep waiting for
-            // its close, without nudging.
+            started = async { under_way.wait_for(|under_way| *under_way).await.is_ok() },
+                if nudge_until.is_none() =>
+            {
+                // `false`: the connection is gone, and its channel closes next.
+                let window = if started { OPENING_NUDGE_WINDOW } else { Duration::ZERO };
+                nudge_until = Some(Instant::now() + window);
+            }
             _ = nudge.tick(), if nudging => {
-                nudging = channel.set_buffered_amount_low_threshold(0).await.is_ok();
+                // An error means the connection no longer knows the channel: stop nudging and
+                // wait for its close.
+                if channel.set_buffered_amount_low_threshold(0).await.is_err() {
+                    nudge_until = Some(Instant::now());
+                }
             }
         }
     }
@@ -377,16 +398,39 @@ struct WebRtcPeer {
 
 /// The connection a channel belongs to, once it is built: a channel's pump asks it whether
 /// its packets go through a TURN relay. Weak, so channels never keep a connection alive.
-#[derive(Clone, Default)]
-struct ConnectionRef(Arc<OnceLock<Weak<dyn PeerConnection>>>);
+#[derive(Clone)]
+struct ConnectionRef {
+    peer: Arc<OnceLock<Weak<dyn PeerConnection>>>,
+    /// Whether set-up is under way (ICE connecting or connected). An offer waits for its
+    /// answer for as long as it lives: until then there is nothing to wake the driver for.
+    under_way: Arc<watch::Sender<bool>>,
+}
+
+impl Default for ConnectionRef {
+    fn default() -> Self {
+        Self {
+            peer: Arc::default(),
+            under_way: Arc::new(watch::Sender::new(false)),
+        }
+    }
+}
 
 impl ConnectionRef {
     fn set(&self, peer: &Arc<dyn PeerConnection>) {
-        let _ = self.0.set(Arc::downgrade(peer));
+        let _ = self.peer.set(Arc::downgrade(peer));
+    }
+
+    fn mark_under_way(&self) {
+        self.under_way
+            .send_if_modified(|under_way| !std::mem::replace(under_way, true));
+    }
+
+    fn under_way(&self) -> watch::Receiver<bool> {
+        self.under_way.subscribe()
     }
 
     async fn path(&self) -> Option<&'static str> {
-        let peer = self.0.get()?.upgrade()?;
+        let peer = self.peer.get()?.upgrade()?;
         selected_path(peer.as_ref()).await
     }
 }
@@ -449,7 +493,7 @@ impl Peer for WebRtcPeer {
             .await
             .map_err(other)?;
         let opened = async {
-            if wait_until_open(channel.as_ref()).await {
+            if wait_until_open(channel.as_ref(), self.connection.under_way()).await {
                 Ok(())
             } else {
                 Err(TransportError::Closed)
