@@ -357,7 +357,7 @@ impl CachedFile {
         }
         // Across chunks: copied out, so no chunk is referenced once the read is over.
         let mut out = BytesMut::with_capacity((end - offset) as usize);
-        for index in offset / chunk_size..=(end - 1) / chunk_size {
+        for index in first..=(end - 1) / chunk_size {
             let chunk = self.demand(index).await?;
             let chunk_start = index * chunk_size;
             let from = offset.max(chunk_start) - chunk_start;

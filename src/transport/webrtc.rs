@@ -9,8 +9,8 @@
 //! - Event-handler callbacks run on the connection's driver: they only forward, never wait.
 //! - On a relayed path the driver sends a packet only on its next turn; channels wake it
 //!   while they are busy (see [`RELAY_NUDGE_INTERVAL`]). During set-up it holds the SCTP
-//!   INIT and the channel's OPEN the same way; channels wake it until they open
-//!   (see [`OPENING_NUDGE_INTERVAL`]).
+//!   INIT and the channel's OPEN the same way; once ICE has started, channels wake it until
+//!   they open, for at most [`OPENING_NUDGE_WINDOW`].
 //! - Answers take the DTLS server role (`a=setup:passive`): an answerer that starts DTLS can
 //!   send its ClientHello before the offerer is ready for it, and then waits out a
 //!   retransmission. With both, a connection opens in ~25 ms on loopback instead of ~430.
