@@ -1131,15 +1131,25 @@ impl Core {
             .then(|| spooling.hasher.take())
             .flatten()
             .and_then(BackgroundSha256::finish);
-        if let Err(error) = spooling.file.sync_data() {
-            warn!(name = share.name, %error, "cannot sync the spool");
-        }
-        *state = ShareState::Preparing {
+        let preparing = ShareState::Preparing {
             size,
             sha256: digest,
         };
+        let ShareState::Writing(spooling) = std::mem::replace(&mut *state, preparing) else {
+            return;
+        };
         drop(state);
-        self.runtime.spawn(self.clone().offer_share(share, None));
+        let core = self.clone();
+        self.runtime.spawn(async move {
+            // On disk before it is announced, so that a remount after a crash offers what the
+            // digest says. Off the FUSE thread: a large spool takes seconds to sync, and the
+            // next `cp` into the mount would wait behind it.
+            let file = spooling.file;
+            if let Ok(Err(error)) = tokio::task::spawn_blocking(move || file.sync_data()).await {
+                warn!(name = share.name, %error, "cannot sync the spool");
+            }
+            core.offer_share(share, None).await;
+        });
     }
 
     /// `rm`: cancels an own offer or rejects one made to us.

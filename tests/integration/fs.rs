@@ -387,6 +387,54 @@ async fn a_public_room_refuses_offers_with_eperm() {
     );
 }
 
+/// Writes the same bytes to each path given, the way editors and downloaders do rather than
+/// `cp`: the second half first, then the first, then a page changed through a shared mmap,
+/// then the file grown by a short append.
+const UNEVEN_WRITER: &str = r#"
+import mmap, os, sys
+for path in sys.argv[1:]:
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)
+    half = 3 << 20
+    os.pwrite(fd, bytes([7]) * half, half)
+    os.pwrite(fd, bytes(range(256)) * (half // 256), 0)
+    with mmap.mmap(fd, 2 * half) as view:
+        view[4096:8192] = b"m" * 4096
+        view.flush()
+    os.lseek(fd, 0, os.SEEK_END)
+    os.write(fd, b"tail")
+    os.close(fd)
+"#;
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_file_written_out_of_order_and_through_mmap_is_offered_whole() {
+    let p = pair(private()).await;
+    let scratch = tempfile::tempdir().unwrap();
+    let reference = scratch.path().join("uneven.bin");
+    let own = p.alice.room(&p.room_id).join("uneven.bin");
+    must(
+        sh(&format!(
+            "python3 -c '{UNEVEN_WRITER}' '{}' '{}'",
+            reference.display(),
+            own.display()
+        ))
+        .await,
+    );
+    let expected = sha256(&reference).await;
+    let placeholder = p.bob.room(&p.room_id).join("uneven.bin");
+    p.bob.wait_for(&placeholder).await;
+    assert_eq!(getfattr(&own, "sha256").await, Some(expected.clone()));
+    assert_eq!(
+        getfattr(&placeholder, "sha256").await,
+        Some(expected.clone())
+    );
+    assert_eq!(
+        sha256(&placeholder).await,
+        expected,
+        "bob's log:\n{}",
+        p.bob.log()
+    );
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_full_disk_fails_the_write_with_enospc_and_offers_nothing() {
     let alice_user = TestUser::register("fsfull").await;
@@ -552,11 +600,16 @@ async fn signals_unmount_cleanly_and_a_stale_mount_is_reported() {
     mount.mount().await.ok();
     let pid = getfattr_root(mount.path(), "pid").await;
     must(sh(&format!("kill -KILL {pid}")).await);
-    let dead = eventually(Duration::from_secs(10), || {
-        !Path::new(&format!("/proc/{pid}")).exists()
-    })
-    .await;
-    assert!(dead);
+    // Every thread gone, the FUSE device closed with them. Generous: a loaded suite slows exit.
+    let proc_dir = format!("/proc/{pid}");
+    let dead = eventually(Duration::from_secs(30), || !Path::new(&proc_dir).exists()).await;
+    if !dead {
+        let threads = sh(&format!(
+            "for t in {proc_dir}/task/*; do cat $t/stat $t/stack; done"
+        ))
+        .await;
+        panic!("SIGKILL did not end the mount:\n{}", threads.stdout);
+    }
     mount.mount().await.fails_with("stale mount");
     mount.unmount().await.ok();
     assert!(!mount.is_mounted());
@@ -614,11 +667,21 @@ async fn a_killed_sending_mount_withdraws_its_old_offer_and_offers_again() {
         .expect("transfer id");
     let pid = getfattr_root(p.alice.path(), "pid").await;
     must(sh(&format!("kill -KILL {pid}")).await);
-    let dead = eventually(Duration::from_secs(10), || {
-        !Path::new(&format!("/proc/{pid}")).exists()
+    // Dead: gone, or a zombie its parent (init, under a loaded suite) has yet to reap.
+    let stat = format!("/proc/{pid}/stat");
+    let dead = eventually(Duration::from_secs(30), || {
+        std::fs::read_to_string(&stat).map_or(true, |stat| {
+            stat.rsplit_once(") ")
+                .is_some_and(|(_, rest)| rest.starts_with('Z'))
+        })
     })
     .await;
-    assert!(dead);
+    assert!(
+        dead,
+        "SIGKILL did not end the mount: {:?}, in {:?}",
+        std::fs::read_to_string(&stat),
+        std::fs::read_to_string(format!("/proc/{pid}/wchan"))
+    );
     p.alice.unmount().await.ok(); // the stale mount
     p.alice.mount().await.ok();
     // The dead offer is withdrawn; the new one takes its name.
@@ -639,11 +702,21 @@ async fn a_killed_receiving_mount_shows_the_live_offer_again() {
     let (p, scratch, source, placeholder) = offered("waiting.bin", "1M").await;
     let pid = getfattr_root(p.bob.path(), "pid").await;
     must(sh(&format!("kill -KILL {pid}")).await);
-    let dead = eventually(Duration::from_secs(10), || {
-        !Path::new(&format!("/proc/{pid}")).exists()
+    // Dead: gone, or a zombie its parent (init, under a loaded suite) has yet to reap.
+    let stat = format!("/proc/{pid}/stat");
+    let dead = eventually(Duration::from_secs(30), || {
+        std::fs::read_to_string(&stat).map_or(true, |stat| {
+            stat.rsplit_once(") ")
+                .is_some_and(|(_, rest)| rest.starts_with('Z'))
+        })
     })
     .await;
-    assert!(dead);
+    assert!(
+        dead,
+        "SIGKILL did not end the mount: {:?}, in {:?}",
+        std::fs::read_to_string(&stat),
+        std::fs::read_to_string(format!("/proc/{pid}/wchan"))
+    );
     p.bob.unmount().await.ok();
     p.bob.mount().await.ok();
     p.bob.wait_for(&placeholder).await;
