@@ -7,7 +7,7 @@
 
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -458,6 +458,7 @@ impl Core {
     /// Forgets an own offer: cancels its transfer (when `cancel`), frees its spool, takes
     /// it out of the listing.
     fn drop_share(&self, share: &Share, cancel: bool) {
+        share.removed.store(true, Ordering::Relaxed);
         let transfer_id = match &*share.state.lock().unwrap_or_else(|p| p.into_inner()) {
             ShareState::Offered { transfer_id, .. } => Some(transfer_id.clone()),
             _ => None,
@@ -510,6 +511,7 @@ impl Core {
                         size: record.size,
                         sha256: Some(record.sha256.clone()),
                     }),
+                    removed: AtomicBool::new(false),
                 });
                 tree.nodes.insert(ino, Node::Share(share.clone()));
                 if let Some(room) = tree.room_mut(parent) {
@@ -529,6 +531,18 @@ impl Core {
     /// Hashes (unless known) and offers a closed share; records it for restarts.
     async fn offer_share(self: Arc<Self>, share: Arc<Share>, record: Option<Record>) {
         let result = self.prepare_and_offer(&share, record).await;
+        if share.removed.load(Ordering::Relaxed) {
+            // Removed while its offer was being prepared (hashing and syncing a large spool
+            // take seconds): take back what went out, and its record.
+            if let Ok((transfer_id, ..)) = &result {
+                let _ = self
+                    .engine
+                    .cancel(transfer_id, "the sender removed the file");
+            }
+            self.store.forget(&share.id);
+            info!(name = share.name, "removed before its offer went out");
+            return;
+        }
         if let Ok((transfer_id, ..)) = &result {
             // Lock order: the tree before a node's state (`getattr` holds the tree).
             self.lock().outgoing.insert(transfer_id.clone(), share.ino);
@@ -589,6 +603,9 @@ impl Core {
                     },
                     transfer_id: None,
                 };
+                if share.removed.load(Ordering::Relaxed) {
+                    return Err("removed before it was offered".into());
+                }
                 self.store
                     .save(&record)
                     .map_err(|e| format!("cannot record the offer: {e}"))?;
@@ -609,6 +626,9 @@ impl Core {
         }
         let sha256 = hex::decode::<32>(&record.sha256);
         let lifetime = Duration::from_millis(record.deadline_ms.saturating_sub(now_ms()));
+        if share.removed.load(Ordering::Relaxed) {
+            return Err("removed before it was offered".into());
+        }
         let transfer_id = self
             .engine
             .offer(OfferRequest {
@@ -798,6 +818,7 @@ impl Core {
                 error: None,
                 writers: 1,
             })),
+            removed: AtomicBool::new(false),
         });
         if let Err(error) = self.insert_share(share.clone()) {
             let _ = std::fs::remove_file(&path);
@@ -838,6 +859,7 @@ impl Core {
                 size: metadata.len(),
                 sha256: None,
             }),
+            removed: AtomicBool::new(false),
         });
         self.insert_share(share.clone())?;
         self.runtime.spawn(self.clone().offer_share(share, None));

@@ -4,7 +4,7 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU32, AtomicU64};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64};
 use std::sync::{Arc, Mutex};
 
 use super::digest::BackgroundSha256;
@@ -55,6 +55,9 @@ pub struct Share {
     pub linked: bool,
     pub created_ms: u64,
     pub state: Mutex<ShareState>,
+    /// Taken out of the listing (`rm`, a failed write): whatever is still preparing its offer
+    /// must not send it, or must withdraw it.
+    pub removed: AtomicBool,
 }
 
 /// Where an own offer is.

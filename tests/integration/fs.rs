@@ -308,6 +308,57 @@ async fn the_sending_mount_restarts_and_still_serves_the_offer() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn a_file_removed_while_its_offer_is_prepared_is_never_offered() {
+    let p = pair(private()).await;
+    let scratch = tempfile::tempdir().unwrap();
+    // Large enough that hashing it takes a while: the `rm` lands before the invite goes out.
+    let source = scratch.path().join("gone.img");
+    must(sh(&format!("truncate -s 2G '{}'", source.display())).await);
+    let room = p.alice.room(&p.room_id);
+    must(
+        sh(&format!(
+            "ln -s '{}' '{}/' && rm '{}/gone.img'",
+            source.display(),
+            room.display(),
+            room.display()
+        ))
+        .await,
+    );
+    let gone = p.bob.room(&p.room_id).join("gone.img");
+    let settled = eventually(Duration::from_secs(120), || {
+        p.alice.log().contains("removed before its offer went out") || gone.exists()
+    })
+    .await;
+    assert!(settled, "alice's log:\n{}", p.alice.log());
+    // A marker offered after that: once bob lists it, any invite sent before it has arrived.
+    cp(
+        &random_file(scratch.path(), "marker.bin", "1K").await,
+        &room,
+    )
+    .await;
+    p.bob
+        .wait_for(&p.bob.room(&p.room_id).join("marker.bin"))
+        .await;
+    assert!(
+        !gone.exists(),
+        "bob lists a removed file; alice's log:\n{}",
+        p.alice.log()
+    );
+    let records = must(
+        sh(&format!(
+            "ls '{}'",
+            p.alice.profile.data_dir().join("outgoing").display()
+        ))
+        .await,
+    );
+    assert_eq!(
+        records.matches(".json").count(),
+        1,
+        "only the marker's record is kept: {records}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn rm_cancels_and_rejects_and_bad_operations_get_the_right_errno() {
     let p = pair(private()).await;
     let scratch = tempfile::tempdir().unwrap();
