@@ -603,9 +603,6 @@ impl Core {
                     },
                     transfer_id: None,
                 };
-                if share.removed.load(Ordering::Relaxed) {
-                    return Err("removed before it was offered".into());
-                }
                 self.store
                     .save(&record)
                     .map_err(|e| format!("cannot record the offer: {e}"))?;
