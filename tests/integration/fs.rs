@@ -650,8 +650,18 @@ async fn signals_unmount_cleanly_and_a_stale_mount_is_reported() {
     // A crash leaves a stale mount: reported with the fix, and the fix works.
     mount.mount().await.ok();
     let pid = getfattr_root(mount.path(), "pid").await;
+    kill_and_wait(&pid).await;
+    mount.mount().await.fails_with("stale mount");
+    mount.unmount().await.ok();
+    assert!(!mount.is_mounted());
+    mount.mount().await.ok();
+    assert!(mount.is_mounted());
+}
+
+/// SIGKILLs mount process `pid` and waits until every thread of it is gone (the FUSE device
+/// is closed only then). Generous: a loaded suite slows exit; the stacks tell if it hangs.
+async fn kill_and_wait(pid: &str) {
     must(sh(&format!("kill -KILL {pid}")).await);
-    // Every thread gone, the FUSE device closed with them. Generous: a loaded suite slows exit.
     let proc_dir = format!("/proc/{pid}");
     let dead = eventually(Duration::from_secs(30), || !Path::new(&proc_dir).exists()).await;
     if !dead {
@@ -661,11 +671,6 @@ async fn signals_unmount_cleanly_and_a_stale_mount_is_reported() {
         .await;
         panic!("SIGKILL did not end the mount:\n{}", threads.stdout);
     }
-    mount.mount().await.fails_with("stale mount");
-    mount.unmount().await.ok();
-    assert!(!mount.is_mounted());
-    mount.mount().await.ok();
-    assert!(mount.is_mounted());
 }
 
 async fn getfattr_root(path: &Path, name: &str) -> String {
@@ -717,22 +722,7 @@ async fn a_killed_sending_mount_withdraws_its_old_offer_and_offers_again() {
         .await
         .expect("transfer id");
     let pid = getfattr_root(p.alice.path(), "pid").await;
-    must(sh(&format!("kill -KILL {pid}")).await);
-    // Dead: gone, or a zombie its parent (init, under a loaded suite) has yet to reap.
-    let stat = format!("/proc/{pid}/stat");
-    let dead = eventually(Duration::from_secs(30), || {
-        std::fs::read_to_string(&stat).map_or(true, |stat| {
-            stat.rsplit_once(") ")
-                .is_some_and(|(_, rest)| rest.starts_with('Z'))
-        })
-    })
-    .await;
-    assert!(
-        dead,
-        "SIGKILL did not end the mount: {:?}, in {:?}",
-        std::fs::read_to_string(&stat),
-        std::fs::read_to_string(format!("/proc/{pid}/wchan"))
-    );
+    kill_and_wait(&pid).await;
     p.alice.unmount().await.ok(); // the stale mount
     p.alice.mount().await.ok();
     // The dead offer is withdrawn; the new one takes its name.
@@ -752,22 +742,7 @@ async fn a_killed_sending_mount_withdraws_its_old_offer_and_offers_again() {
 async fn a_killed_receiving_mount_shows_the_live_offer_again() {
     let (p, scratch, source, placeholder) = offered("waiting.bin", "1M").await;
     let pid = getfattr_root(p.bob.path(), "pid").await;
-    must(sh(&format!("kill -KILL {pid}")).await);
-    // Dead: gone, or a zombie its parent (init, under a loaded suite) has yet to reap.
-    let stat = format!("/proc/{pid}/stat");
-    let dead = eventually(Duration::from_secs(30), || {
-        std::fs::read_to_string(&stat).map_or(true, |stat| {
-            stat.rsplit_once(") ")
-                .is_some_and(|(_, rest)| rest.starts_with('Z'))
-        })
-    })
-    .await;
-    assert!(
-        dead,
-        "SIGKILL did not end the mount: {:?}, in {:?}",
-        std::fs::read_to_string(&stat),
-        std::fs::read_to_string(format!("/proc/{pid}/wchan"))
-    );
+    kill_and_wait(&pid).await;
     p.bob.unmount().await.ok();
     p.bob.mount().await.ok();
     p.bob.wait_for(&placeholder).await;
